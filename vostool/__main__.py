@@ -1,0 +1,3 @@
+from vostool.cli.app import main
+
+main()

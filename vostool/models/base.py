@@ -1,0 +1,111 @@
+"""The interface every vostool model implements, so one engine can drive them all.
+
+A model is a propagation network run one frame at a time. Objects are a batch: the
+frame's features are computed once (batch 1) and expanded to the K objects, and every
+tensor of the recurrent state has the K objects as its first dimension, so states of
+several objects can be concatenated and selected.
+
+Per frame the engine calls::
+
+    feats = model.encode(image)                     # image: 1 x 3 x H x W, normalised
+    feats = model.expand_features(feats, K)
+    logits = model.predict(image_k, feats, state)   # K x 2 x H x W (bg, fg) logits
+    ... merge the K probabilities (soft aggregation) ...
+    state = model.update(image_k, feats, state, merged_fg)   # merged_fg: K x 1 x H x W
+
+and ``model.init_state(image_k, feats, masks)`` when objects are given (first frame, or
+objects added/corrected at a later frame). ``H`` and ``W`` are multiples of ``stride``.
+Training drives the same methods through :meth:`VOSModel.forward_clip`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Features = dict[str, torch.Tensor]
+State = dict[str, torch.Tensor]
+
+
+class VOSModel(nn.Module):
+    """Base class of the five models. Subclasses set the class attributes and implement
+    ``encode``, ``init_state``, ``predict`` and ``update``."""
+
+    #: registry name
+    name: ClassVar[str] = ""
+    #: input sides must be multiples of this
+    stride: ClassVar[int] = 16
+    #: merge objects with RGMP soft aggregation (False: the model handles objects jointly)
+    uses_soft_aggregation: ClassVar[bool] = True
+    #: can segment without a first-frame mask (RVOS zero-shot)
+    supports_zero_shot: ClassVar[bool] = False
+
+    def __init__(self, backbone: str, **config: Any) -> None:
+        super().__init__()
+        #: everything needed to rebuild the architecture (saved in checkpoints)
+        self.config: dict[str, Any] = {"backbone": backbone, **config}
+
+    # -- the four steps -------------------------------------------------------------
+    def encode(self, image: torch.Tensor) -> Features:
+        """image: ``B x 3 x H x W`` normalised. Returns named feature maps, batch B."""
+        raise NotImplementedError
+
+    def init_state(self, image: torch.Tensor, feats: Features, masks: torch.Tensor) -> State:
+        """Start K objects. image: ``K x 3 x H x W``; feats: batch K; masks: ``K x 1 x H x W``
+        probabilities in [0, 1]. Returns a state whose tensors all have K first."""
+        raise NotImplementedError
+
+    def predict(self, image: torch.Tensor, feats: Features, state: State) -> torch.Tensor:
+        """Segment the current frame. Returns ``K x 2 x H x W`` logits (background, object)."""
+        raise NotImplementedError
+
+    def update(
+        self, image: torch.Tensor, feats: Features, state: State, probs: torch.Tensor
+    ) -> State:
+        """Feed back the merged probabilities ``K x 1 x H x W`` of the current frame."""
+        raise NotImplementedError
+
+    # -- helpers with sensible defaults ---------------------------------------------
+    def expand_features(self, feats: Features, k: int) -> Features:
+        """Expand batch-1 features to K objects without copying."""
+        return {n: f.expand(k, *f.shape[1:]) if f.shape[0] == 1 else f for n, f in feats.items()}
+
+    @staticmethod
+    def cat_states(a: State, b: State) -> State:
+        """Concatenate the objects of two states (``a`` first)."""
+        if not a:
+            return dict(b)
+        return {n: torch.cat([a[n], b[n]], dim=0) for n in a}
+
+    @staticmethod
+    def select_state(state: State, index: torch.Tensor | list[int]) -> State:
+        """Keep the objects at ``index`` (in that order)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return {n: t.index_select(0, idx.to(t.device)) for n, t in state.items()}
+
+    def forward_clip(self, frames: torch.Tensor, first_mask: torch.Tensor) -> torch.Tensor:
+        """Propagate through a clip with back-propagation through time.
+
+        frames: ``B x T x 3 x H x W`` normalised; first_mask: ``B x 1 x H x W`` in [0, 1].
+        Each sample is one object; the model is fed its own soft predictions.
+        Returns logits ``B x (T - 1) x 2 x H x W`` for frames 1..T-1.
+        """
+        b, t = frames.shape[:2]
+        feats_all = self.encode(frames.flatten(0, 1))
+        feats_t = [{n: f.view(b, t, *f.shape[1:])[:, i] for n, f in feats_all.items()} for i in range(t)]
+        state = self.init_state(frames[:, 0], feats_t[0], first_mask)
+        outs = []
+        for i in range(1, t):
+            logits = self.predict(frames[:, i], feats_t[i], state)
+            outs.append(logits)
+            if i < t - 1:
+                state = self.update(frames[:, i], feats_t[i], state, torch.softmax(logits, 1)[:, 1:2])
+        return torch.stack(outs, dim=1)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training loss. logits: ``B x T x 2 x H x W``; target: ``B x T x H x W`` long in
+        {0, 1} (255 ignored). Default: negative log-likelihood of the 2-way softmax."""
+        return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(0, 1), ignore_index=255)

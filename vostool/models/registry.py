@@ -1,0 +1,173 @@
+"""Model registry and checkpoints.
+
+``register_model`` turns a :class:`VOSModel` subclass into a named entry with its paper
+and published figures; ``build_model(name, backbone=...)`` builds it; checkpoints are
+safetensors files whose metadata records the model name and its configuration, and they
+load strictly: a missing or unexpected key is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vostool.errors import VostoolError
+from vostool.models.backbones import list_backbones
+from vostool.models.base import VOSModel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its class, paper and the figures its authors published."""
+
+    name: str
+    cls: type[VOSModel]
+    title: str
+    paper: str
+    published: str
+    default_backbone: str = "mobilenet_v2"
+    backbones: tuple[str, ...] = field(default_factory=lambda: tuple(list_backbones()))
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, *, title: str, paper: str, published: str, default_backbone: str = "mobilenet_v2"
+) -> Callable[[type[VOSModel]], type[VOSModel]]:
+    """Class decorator: register a model under ``name``."""
+
+    def wrap(cls: type[VOSModel]) -> type[VOSModel]:
+        cls.name = name
+        _MODELS[name] = ModelSpec(name, cls, title, paper, published, default_backbone)
+        return cls
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    # Importing the zoo registers every model.
+    import vostool.models.zoo  # noqa: F401
+
+
+def list_models() -> list[ModelSpec]:
+    _ensure_loaded()
+    return [_MODELS[n] for n in sorted(_MODELS)]
+
+
+def get_spec(name: str) -> ModelSpec:
+    _ensure_loaded()
+    if name not in _MODELS:
+        raise VostoolError(f"unknown model '{name}'; choose one of: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def build_model(
+    name: str, backbone: str | None = None, pretrained: bool = False, **config: Any
+) -> VOSModel:
+    """Build a registered model. ``pretrained`` loads ImageNet weights into the backbone."""
+    spec = get_spec(name)
+    backbone = backbone or spec.default_backbone
+    if backbone not in list_backbones():
+        raise VostoolError(f"unknown backbone '{backbone}'; choose one of: {', '.join(list_backbones())}")
+    return spec.cls(backbone=backbone, pretrained=pretrained, **config)
+
+
+# -- checkpoints ----------------------------------------------------------------------
+def weights_dir() -> Path:
+    """Where shipped checkpoints live: ``$VOSTOOL_WEIGHTS`` or the project's ``weights/``."""
+    env = os.environ.get("VOSTOOL_WEIGHTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "weights"
+
+
+def default_weights(name: str) -> Path:
+    return weights_dir() / f"{name}.safetensors"
+
+
+def save_checkpoint(
+    model: VOSModel, path: str | Path, half: bool = False, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` to a safetensors file (fp16 floats if ``half``), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        if half and v.is_floating_point():
+            v = v.half()
+        state[k] = v
+    meta = {"model": model.name, "config": json.dumps(model.config), **{k: str(v) for k, v in (extra or {}).items()}}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read tensors and metadata of a checkpoint; a missing or broken file is a VostoolError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise VostoolError(f"weights not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise VostoolError(f"cannot read weights {path}: {exc}") from exc
+    return state, meta
+
+
+def load_weights_strict(model: VOSModel, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``state`` into ``model``; any missing or unexpected key is an error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise VostoolError(f"{source} does not fit model '{model.name}': {'; '.join(parts)}")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise VostoolError(f"{source} does not fit model '{model.name}': {k} has shape "
+                               f"{tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_model(name: str, weights: str | Path | None = None, backbone: str | None = None) -> VOSModel:
+    """Build model ``name`` and load its checkpoint strictly.
+
+    weights: a checkpoint path; None takes the shipped ``weights/<name>.safetensors``.
+    The architecture (backbone, sizes) comes from the checkpoint's metadata; asking for a
+    different backbone than the checkpoint's is an error.
+    """
+    spec = get_spec(name)
+    path = Path(weights) if weights is not None else default_weights(name)
+    if weights is None and not path.is_file():
+        raise VostoolError(
+            f"no shipped weights for '{name}' at {path}; train them with `vostool train --model {name}` "
+            f"or pass --weights"
+        )
+    state, meta = read_checkpoint(path)
+    if meta.get("model", name) != name:
+        raise VostoolError(f"{path} holds weights for model '{meta['model']}', not '{name}'")
+    config: dict[str, Any] = json.loads(meta.get("config", "{}"))
+    ck_backbone = config.pop("backbone", spec.default_backbone)
+    if backbone is not None and backbone != ck_backbone:
+        raise VostoolError(f"{path} was trained with backbone '{ck_backbone}', not '{backbone}'")
+    model = build_model(name, backbone=ck_backbone, pretrained=False, **config)
+    load_weights_strict(model, state, source=str(path))
+    return model.eval()
