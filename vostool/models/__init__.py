@@ -1,5 +1,6 @@
 """The model zoo: registry, shared backbones and blocks, one module per paper."""
 
+from vostool.models.backbones import build_backbone, list_backbones
 from vostool.models.base import Features, State, VOSModel
 from vostool.models.registry import (
     ModelSpec,
@@ -10,13 +11,15 @@ from vostool.models.registry import (
     load_model,
     load_weights_strict,
     read_checkpoint,
+    recommended_size,
     register_model,
     save_checkpoint,
     weights_dir,
 )
 
 __all__ = [
+    "build_backbone", "list_backbones",
     "Features", "State", "VOSModel", "ModelSpec", "build_model", "default_weights", "get_spec",
-    "list_models", "load_model", "load_weights_strict", "read_checkpoint", "register_model",
+    "list_models", "load_model", "load_weights_strict", "read_checkpoint", "recommended_size", "register_model",
     "save_checkpoint", "weights_dir",
 ]

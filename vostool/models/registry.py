@@ -170,4 +170,14 @@ def load_model(name: str, weights: str | Path | None = None, backbone: str | Non
         raise VostoolError(f"{path} was trained with backbone '{ck_backbone}', not '{backbone}'")
     model = build_model(name, backbone=ck_backbone, pretrained=False, **config)
     load_weights_strict(model, state, source=str(path))
+    model.checkpoint_meta = dict(meta)  # type: ignore[assignment]
     return model.eval()
+
+
+def recommended_size(model: VOSModel, default: int = 480) -> int:
+    """The internal size (shorter side) a checkpoint was trained for, else ``default``."""
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    try:
+        return int(meta["size"])
+    except (KeyError, ValueError):
+        return default

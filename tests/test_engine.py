@@ -1,0 +1,166 @@
+"""The propagation engine: ids, resizing, merging, corrections, devices, precision, memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vostool.engine import Propagator, propagate, resolve_device, resolve_precision
+from vostool.errors import VostoolError
+from vostool.models import VOSModel, build_model
+from vostool.types import Frame
+
+
+class CopyModel(VOSModel):
+    """Predicts the previous merged mask again: propagation should then keep the first mask."""
+
+    name = "copy"
+    stride = 8
+
+    def __init__(self) -> None:
+        super().__init__("none")
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, image):
+        return {"x": image[:, :1]}
+
+    def init_state(self, image, feats, masks):
+        return {"prev": masks}
+
+    def update(self, image, feats, state, probs):
+        return {"prev": probs}
+
+    def predict(self, image, feats, state):
+        p = state["prev"].clamp(1e-4, 1 - 1e-4)
+        z = torch.log(p) - torch.log1p(-p)
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+def _clip(n=5, h=45, w=77):
+    rng = np.random.default_rng(0)
+    frames = [(rng.random((h, w, 3)) * 255).astype(np.uint8) for _ in range(n)]
+    mask = np.zeros((h, w), np.uint8)
+    mask[5:25, 4:30] = 3
+    mask[20:40, 40:70] = 7
+    return frames, mask
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def test_ids_preserved_and_exact_at_source_size():
+    frames, mask = _clip()
+    prop = Propagator(CopyModel(), device="cpu", precision="fp32", size=None)
+    first = prop.start(frames[0], mask)
+    assert np.array_equal(first.index, mask)
+    assert first.object_ids == [3, 7]
+    for img in frames[1:]:
+        r = prop.step(img)
+        assert r.index.shape == mask.shape and r.index.dtype == np.uint8
+        assert np.array_equal(r.index, mask)  # no resizing: the copy is exact
+        assert r.probs.shape == (2, *mask.shape) and r.probs.dtype == np.uint8
+        assert (r.probs.astype(int).sum(0) <= 256).all()  # background = 255 - sum >= 0 (rounding)
+
+
+@pytest.mark.parametrize("size", [16, 24, 100])
+def test_resize_back_to_source(size):
+    frames, mask = _clip()
+    prop = Propagator(CopyModel(), device="cpu", precision="fp32", size=size)
+    prop.start(frames[0], mask)
+    r = prop.step(frames[1])
+    assert r.index.shape == mask.shape
+    assert set(np.unique(r.index)) <= {0, 3, 7}
+    for oid in (3, 7):
+        assert _iou(r.index == oid, mask == oid) > 0.8
+
+
+def test_crvos_two_objects_valid_masks_and_constant_state():
+    torch.manual_seed(0)
+    frames, mask = _clip(n=8)
+    prop = Propagator(build_model("crvos"), device="cpu", precision="fp32", size=32)
+    sizes = []
+    for frame, r in propagate(prop, (Frame(i, f) for i, f in enumerate(frames)), mask):
+        assert r.index.shape == mask.shape
+        assert set(np.unique(r.index)) <= {0, 3, 7}
+        sizes.append(sum(t.numel() for t in prop._lanes[0].state.values()))
+    assert len(set(sizes)) == 1
+
+
+def test_add_and_correct_objects_later():
+    frames, mask = _clip()
+    prop = Propagator(CopyModel(), device="cpu", precision="fp32", size=None)
+    prop.start(frames[0], mask)
+    later = np.zeros_like(mask)
+    later[0:4, 0:4] = 9       # a new object
+    later[30:44, 0:20] = 3    # object 3 corrected to a new place
+    r = prop.add_objects(frames[1], later)
+    assert sorted(r.object_ids) == [3, 7, 9]
+    assert np.array_equal(r.index == 9, later == 9)
+    assert np.array_equal(r.index == 3, later == 3)
+    assert np.array_equal(r.index == 7, mask == 7)  # untouched object goes on
+    r = prop.step(frames[2])
+    assert np.array_equal(r.index == 3, later == 3) and np.array_equal(r.index == 9, later == 9)
+
+
+def test_mask_at_through_propagate():
+    frames, mask = _clip()
+    extra = np.zeros_like(mask)
+    extra[0:5, 60:70] = 12
+    prop = Propagator(CopyModel(), device="cpu", precision="fp32", size=None)
+    seen = [r.object_ids for _, r in propagate(prop, (Frame(i, f) for i, f in enumerate(frames)), mask, {2: extra})]
+    assert seen[1] == [3, 7] and 12 in seen[2] and 12 in seen[-1]
+
+
+def test_multiscale_averages_lanes():
+    frames, mask = _clip()
+    prop = Propagator(CopyModel(), device="cpu", precision="fp32", size=40, scales=(0.5, 1.0))
+    prop.start(frames[0], mask)
+    r = prop.step(frames[1])
+    assert len(prop._lanes) == 2 and r.index.shape == mask.shape
+    assert _iou(r.index == 7, mask == 7) > 0.8
+
+
+def test_input_errors():
+    frames, mask = _clip()
+    prop = Propagator(CopyModel(), device="cpu", precision="fp32")
+    with pytest.raises(VostoolError, match="start"):
+        prop.step(frames[0])
+    with pytest.raises(VostoolError, match="no object"):
+        prop.start(frames[0], np.zeros_like(mask))
+    with pytest.raises(VostoolError, match="mask size"):
+        prop.start(frames[0], mask[:10])
+    with pytest.raises(VostoolError, match="only rvos"):
+        prop.start(frames[0], None)
+    prop.start(frames[0], mask)
+    with pytest.raises(VostoolError, match="changed mid-video"):
+        prop.step(frames[0][:20])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_absent_is_a_clear_error():
+    with pytest.raises(VostoolError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(VostoolError, match="unknown device"):
+        resolve_device("tpu")
+
+
+def test_precision_resolution(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("VOSTOOL_NO_BF16", "1")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "fp32"  # falls back without native bf16
+    monkeypatch.delenv("VOSTOOL_NO_BF16")
+    with pytest.raises(VostoolError, match="fp16 is not supported on the CPU"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(VostoolError, match="unknown precision"):
+        resolve_precision("int4", cpu)
+
+
+def test_bf16_autocast_runs_when_available():
+    frames, mask = _clip()
+    prop = Propagator(build_model("crvos"), device="cpu", precision="bf16", size=32)
+    prop.start(frames[0], mask)
+    r = prop.step(frames[1])
+    assert r.probs.dtype == np.uint8 and set(np.unique(r.index)) <= {0, 3, 7}
