@@ -37,13 +37,13 @@ Choices where the paper is silent (or deviations):
   stream's 1/16 (the deepest features, same scale: no upsampling), 1/8 and 1/4 features
   (paper: res4, res3, res2 at 1/16, 1/8, 1/4). Three modules, output at 1/4, as in the
   paper; the first skip is res5 instead of res4.
-- Decoder widths ``channels`` (at 1/16, 1/8, 1/4) default to 256/128/64: 256 at 1/16
-  as the paper (the global convolution block always has ``channels[0]`` = 256 filters by
-  default), narrower at 1/8 and 1/4 so that the 1/4-scale residual blocks stay cheap
-  (with 256 channels they cost ~60 GMAC per object at 480p, 25x a MobileNetV2 encoder).
-  Where two consecutive widths differ, a 1x1 convolution projects the coarse features
-  before upsampling (absent with equal widths). ``channels=[256, 256, 256]`` is the
-  paper's decoder exactly.
+- Widths ``channels`` (at 1/16, 1/8, 1/4) default to 256/128/64. The global convolution
+  block and the first refinement module have ``channels[0]`` = 256 filters, as in the
+  paper; the 1/8 and 1/4 modules are narrower (paper: 256) so that the 1/4-scale residual
+  blocks stay cheap (with 256 channels they cost ~60 GMAC per object at 480p, about 25x
+  a MobileNetV2 encoder). Where two consecutive widths differ, a 1x1 convolution
+  projects the coarse features before upsampling (absent with equal widths).
+  ``channels=[256, 256, 256]`` is the paper's decoder exactly.
 - Cost: the encoder sees the mask, so the target stream cannot share the engine's
   encode-once frame features: :meth:`RGMP.encode` returns nothing and the whole encoder
   runs once per object and frame in :meth:`RGMP.predict` (the paper's design; its

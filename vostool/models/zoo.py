@@ -1,3 +1,5 @@
 """Imports every model module so that each registers itself."""
 
 from vostool.models import crvos  # noqa: F401
+from vostool.models import rgmp  # noqa: F401
+from vostool.models import gam  # noqa: F401

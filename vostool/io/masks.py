@@ -1,0 +1,194 @@
+"""Reading first-frame masks in the formats people actually have, and writing PNGs.
+
+All writes are atomic: the image goes to ``<stem>.tmp<suffix>`` in the same folder and
+is then renamed over the final name, so an interrupted run never leaves a truncated
+PNG behind.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vostool.errors import VostoolError
+
+
+def _davis_palette() -> bytes:
+    """The Pascal VOC / DAVIS colour map: 256 RGB triplets, 768 bytes."""
+    out = bytearray()
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out += bytes((r, g, b))
+    return bytes(out)
+
+
+DAVIS_PALETTE: bytes = _davis_palette()
+#: The palette as a 256 x 3 uint8 array.
+PALETTE_RGB: np.ndarray = np.frombuffer(DAVIS_PALETTE, np.uint8).reshape(256, 3)
+VOID_ID = 255  # DAVIS "void" (ignored) label in palette masks
+MAX_GREY_IDS = 64  # more distinct grey levels than this looks like a soft mask, not ids
+
+
+@dataclass
+class MaskInfo:
+    """A parsed object mask.
+
+    ids: H x W uint8 (uint16 if an id is above 255) object ids, 0 = background.
+    object_ids: sorted nonzero ids present in ``ids``.
+    resized: True if the mask was resized (nearest) to the requested size.
+    original_size: (W, H) of the mask file.
+    """
+
+    ids: np.ndarray
+    object_ids: list[int]
+    resized: bool
+    original_size: tuple[int, int]
+
+
+def palette_color(object_id: int) -> tuple[int, int, int]:
+    """DAVIS palette colour of an object id (ids above 255 wrap around, never black)."""
+    idx = object_id if object_id < 256 else (object_id - 1) % 255 + 1
+    r, g, b = PALETTE_RGB[idx]
+    return int(r), int(g), int(b)
+
+
+def _grey_ids(arr: np.ndarray, path: Path) -> np.ndarray:
+    values = np.unique(arr)
+    nonzero = values[values != 0]
+    if len(nonzero) == 1:  # binary mask: 0/255, 0/1, ...
+        return (arr != 0).astype(np.uint8)
+    if arr.dtype == np.uint8 and len(nonzero) > MAX_GREY_IDS:
+        raise VostoolError(
+            f"{path}: greyscale mask has {len(nonzero)} grey levels (a soft or anti-aliased mask?); "
+            "save one id per object, e.g. as a palette PNG, or a binary 0/255 mask"
+        )
+    if values.max() > 65535 or values.min() < 0:
+        raise VostoolError(f"{path}: mask values must be ids in 0..65535")
+    return arr.astype(np.uint16 if values.max() > 255 else np.uint8)
+
+
+def _color_ids(rgb: np.ndarray, opaque: np.ndarray | None, path: Path) -> np.ndarray:
+    code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    if opaque is not None:
+        code[~opaque] = 0
+    colors, first, inverse = np.unique(code.ravel(), return_index=True, return_inverse=True)
+    if np.count_nonzero(colors) > 255:
+        raise VostoolError(
+            f"{path}: mask has {np.count_nonzero(colors)} colours (anti-aliased edges?); "
+            "save it as a palette (mode P) PNG with one index per object"
+        )
+    pal_code = (PALETTE_RGB[:, 0].astype(np.int32) << 16) | (PALETTE_RGB[:, 1].astype(np.int32) << 8)
+    pal_code |= PALETTE_RGB[:, 2]
+    pal_index = {int(c): i for i, c in enumerate(pal_code)}
+    lut = np.zeros(len(colors), np.uint16)
+    used = {pal_index[int(c)] for c in colors if int(c) in pal_index}
+    free = (i for i in range(1, 65536) if i not in used)
+    for k in np.argsort(first, kind="stable"):  # raster order of first appearance
+        c = int(colors[k])
+        if c == 0:
+            continue
+        lut[k] = pal_index[c] if c in pal_index else next(free)
+        if lut[k] == VOID_ID and c in pal_index:  # DAVIS void colour: background
+            lut[k] = 0
+    ids = lut[inverse].reshape(code.shape)
+    return ids.astype(np.uint8) if ids.max(initial=0) <= 255 else ids
+
+
+def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> MaskInfo:
+    """Read an object mask image.
+
+    Args:
+        path: palette PNG (values are ids, 255 = void = background), greyscale (a single
+            non-zero value = one object with id 1, several values = ids), or RGB/RGBA
+            (one object per colour; DAVIS palette colours keep their palette index,
+            other colours get ids 1..N in order of first appearance).
+        size: (W, H) wanted; if the mask differs it is resized with nearest neighbour.
+
+    Returns:
+        MaskInfo with ``ids`` H x W uint8 (uint16 if an id > 255).
+
+    Raises:
+        VostoolError: missing file, not an image, too many colours, or no object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VostoolError(f"{path}: mask file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode == "P":
+                ids = np.array(img, np.uint8)
+                ids[ids == VOID_ID] = 0
+            elif mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L"):
+                arr = np.array(img.getchannel(0) if mode == "LA" else img)
+                if mode == "LA":
+                    arr[np.array(img.getchannel("A")) == 0] = 0
+                ids = _grey_ids(arr, path)
+            else:
+                has_alpha = "A" in img.getbands() or "transparency" in img.info
+                rgba = np.array(img.convert("RGBA" if has_alpha else "RGB"))
+                ids = _color_ids(rgba[..., :3], rgba[..., 3] > 0 if has_alpha else None, path)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise VostoolError(f"{path}: cannot read mask image ({exc})") from None
+    original = (ids.shape[1], ids.shape[0])
+    resized = size is not None and tuple(size) != original
+    if resized:
+        ids = cv2.resize(ids, tuple(size), interpolation=cv2.INTER_NEAREST_EXACT)
+    object_ids = [int(v) for v in np.unique(ids) if v != 0]
+    if not object_ids:
+        raise VostoolError(f"{path}: mask has no object (every pixel is background)")
+    return MaskInfo(ids, object_ids, bool(resized), original)
+
+
+def _save_atomic(img: Image.Image, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix or '.png'}")
+    try:
+        img.save(tmp, format="PNG", compress_level=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_index_png(path: str | Path, ids: np.ndarray) -> None:
+    """Save H x W object ids as a palette PNG with the DAVIS palette.
+
+    uint8 ids (or any ids <= 255) give mode P; larger ids give a 16-bit greyscale PNG.
+    """
+    if ids.max(initial=0) > 255:
+        img = Image.fromarray(np.ascontiguousarray(ids, np.uint16))  # mode I;16
+    else:
+        ids8 = np.ascontiguousarray(ids, np.uint8)
+        img = Image.frombytes("P", (ids8.shape[1], ids8.shape[0]), ids8.tobytes())
+        img.putpalette(DAVIS_PALETTE)
+    _save_atomic(img, path)
+
+
+def save_gray_png(path: str | Path, arr: np.ndarray) -> None:
+    """Save an H x W uint8 array as an 8-bit greyscale PNG."""
+    _save_atomic(Image.fromarray(np.ascontiguousarray(arr, np.uint8)), path)
+
+
+def _check_rgba(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim != 3 or arr.shape[2] != 4:
+        raise ValueError(f"expected an H x W x 4 array, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, np.uint8)
+
+
+def save_rgba_png(path: str | Path, arr: np.ndarray) -> None:
+    """Save an H x W x 4 uint8 RGBA array as a PNG."""
+    _save_atomic(Image.fromarray(_check_rgba(arr)), path)
