@@ -13,9 +13,14 @@ Architecture, point by point against ``papers/crvos.txt``:
   2-channel output] followed by a deconvolution with only 2 output channels; the first
   two deconvolutions upsample by 2 (1/16 -> 1/8 -> 1/4), the third keeps 1/4.
   **Matches** the paper's "single convolution + deconvolution + skip connection".
+  The paper does not say where the skip connection goes; vostool reads "refining the
+  Clue" literally: each module adds its output to its (upsampled) 2-channel input, in
+  logit space, starting from the Clue's mask. An untrained decoder therefore starts by
+  copying the previous mask and learns corrections, which trains far faster.
 - Multi-output decoder: the three 2-channel outputs are brought to 1/4 (the first by
   another 2x deconvolution) and a final 4x deconvolution over the 6 channels predicts
-  the mask at full resolution. **Matches.**
+  the mask at full resolution (plus, residually, the last module's output upsampled).
+  **Matches.**
 - Loss: negative log-likelihood of the 2-way softmax. **Matches.**
 
 Choices where the paper is silent (or deviations):
@@ -89,8 +94,13 @@ class CRVOS(VOSModel):
         prev = state["clue_mask"].to(feats["s16"].dtype)
         k, _, h, w = prev.shape
         clue = torch.cat([prev, coord_maps(k, h, w, prev.device, prev.dtype)], dim=1)
-        out16 = self.refine16(feats["s16"], clue)      # 1/8
-        out8 = self.refine8(feats["s8"], out16)        # 1/4
-        out4 = self.refine4(feats["s4"], out8)         # 1/4
+        base = torch.log(prev.clamp(0.01, 0.99))  # the Clue's mask as 2-way logits
+        out16 = self.refine16(feats["s16"], clue) + _up(base, 2)       # 1/8
+        out8 = self.refine8(feats["s8"], out16) + _up(out16, 2)         # 1/4
+        out4 = self.refine4(feats["s4"], out8) + out8                   # 1/4
         multi = torch.cat([self.up16(out16), out8, out4], dim=1)
-        return self.predictor(multi)
+        return self.predictor(multi) + _up(out4, 4)
+
+
+def _up(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
