@@ -36,7 +36,7 @@ def models(
         table.add_column(col, overflow="fold")
     for r in rows:
         card = r["card"]
-        dev = card.get("dev_jf")
+        dev = (card.get("dev_split") or {}).get("JF")
         weights = (f"{r['weights_mb']} MiB, {card.get('backbone', r['default_backbone'])}"
                    if r["weights"] else "none")
         table.add_row(r["model"], f"{r['title']}\n{r['paper']}", r["published"],

@@ -1,0 +1,139 @@
+"""Training data: synthetic clips from still images and DAVIS-layout clips (tiny, made here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vostool.errors import VostoolError
+from vostool.train.data import Augment, DavisClips, SyntheticClips, affine_matrix, find_sequences
+
+
+def _still_images(n: int = 4, h: int = 60, w: int = 80, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(n):
+        img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        m = np.zeros((h, w), np.uint8)
+        y, x = rng.integers(5, h // 2), rng.integers(5, w // 2)
+        m[y:y + h // 3, x:x + w // 3] = 1
+        img[m > 0] = (rng.integers(0, 255, 3)).astype(np.uint8)
+        pairs.append((img, m))
+    return pairs
+
+
+def make_davis(root: Path, seqs: int = 3, frames: int = 6, h: int = 48, w: int = 64, palette: bool = False) -> Path:
+    """A DAVIS-layout tree with a moving square per sequence (0/255 greyscale masks)."""
+    rng = np.random.default_rng(1)
+    for s in range(seqs):
+        name = f"seq{s}"
+        (root / "JPEGImages/480p" / name).mkdir(parents=True)
+        (root / "Annotations/480p" / name).mkdir(parents=True)
+        bg = (rng.random((h, w, 3)) * 120).astype(np.uint8)
+        for t in range(frames):
+            img = bg.copy()
+            m = np.zeros((h, w), np.uint8)
+            y, x = 10 + t, 12 + 2 * t + s
+            m[y:y + 16, x:x + 20] = 1
+            img[m > 0] = (200, 60 + 30 * s, 40)
+            Image.fromarray(img).save(root / "JPEGImages/480p" / name / f"{t:05d}.jpg", quality=95)
+            if palette:
+                pm = Image.fromarray(m.astype(np.uint8), mode="P")
+                pm.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+                pm.save(root / "Annotations/480p" / name / f"{t:05d}.png")
+            else:
+                Image.fromarray(m * 255).save(root / "Annotations/480p" / name / f"{t:05d}.png")
+    return root
+
+
+# -- synthetic clips ---------------------------------------------------------------------------------
+def test_synthetic_shapes_and_determinism():
+    ds = SyntheticClips(pairs=_still_images(), size=(32, 48), clip_len=3, seed=5)
+    x, y = ds[7]
+    assert x.shape == (3, 3, 32, 48) and x.dtype == torch.float32
+    assert y.shape == (3, 32, 48) and y.dtype == torch.int64
+    assert set(y.unique().tolist()) <= {0, 1}
+    assert (y[0] == 1).sum() >= 16  # the target is visible in the first frame
+    x2, y2 = ds[7]
+    assert torch.equal(x, x2) and torch.equal(y, y2)  # same seed + index: same clip
+    x3, _ = SyntheticClips(pairs=_still_images(), size=(32, 48), clip_len=3, seed=6)[7]
+    assert not torch.equal(x, x3)  # another seed: another clip
+    x4, _ = ds[8]
+    assert not torch.equal(x, x4)
+
+
+def test_synthetic_both_strategies_and_motion():
+    ds = SyntheticClips(pairs=_still_images(), size=(32, 48), clip_len=4, seed=0)
+    strategies = {ds.make_clip(i)["strategy"] for i in range(12)}
+    assert strategies == {1, 2}
+    clip = ds.make_clip(0)
+    # frames differ over time (the transforms move)
+    assert not torch.equal(clip["frames"][0], clip["frames"][-1])
+
+
+def test_synthetic_occlusion_and_multi_object():
+    ds = SyntheticClips(pairs=_still_images(6), size=(48, 64), clip_len=4, seed=3, p_paste=1.0, p_occlude=1.0,
+                        max_objects=3, return_ids=True)
+    occluded = 0
+    objects = set()
+    for i in range(10):
+        c = ds.make_clip(i)
+        assert c["strategy"] == 2
+        objects.add(c["objects"])
+        ids = c["masks"]
+        full = torch.from_numpy(c["full"])          # K x T x H x W before occlusion
+        assert full.shape[1:] == (4, 48, 64)
+        visible = (ids > 0)
+        # the visible ids never exceed the pasted objects
+        assert (visible & (full.sum(0) == 0)).sum() == 0
+        if c["occluded"]:
+            occluded += 1
+            assert (full.sum(0) > 0).sum() > visible.sum()  # something is hidden
+    assert occluded > 0
+    assert max(objects) > 1
+
+
+def test_synthetic_needs_images():
+    with pytest.raises(VostoolError):
+        SyntheticClips(roots=[])
+
+
+def test_affine_matrix_maps_centre():
+    m = affine_matrix((10.0, 20.0), (32, 48), scale=2.0, angle=30.0, shear=(10.0, 0.0), flip=True)
+    p = m @ np.array([10.0, 20.0, 1.0])
+    assert np.allclose(p[:2], (24.0, 16.0))
+
+
+# -- DAVIS-layout clips -----------------------------------------------------------------------------
+def test_davis_clips(tmp_path):
+    root = make_davis(tmp_path / "davis")
+    ds = DavisClips([root], size=(32, 48), clip_len=4, max_skip=2, seed=0)
+    assert len(ds.sequences) == 3 and ds.num_frames == 18
+    x, y = ds[0]
+    assert x.shape == (4, 3, 32, 48) and y.shape == (4, 32, 48)
+    assert set(y.unique().tolist()) <= {0, 1} and (y[0] == 1).any()
+    x2, y2 = ds[0]
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert not torch.equal(ds[1][0], x)
+
+
+def test_davis_exclude_and_palette(tmp_path):
+    root = make_davis(tmp_path / "davis", palette=True)
+    ds = DavisClips([root], size=(32, 48), clip_len=3, exclude=["seq1"], augment=Augment.none())
+    assert [s.name for s in ds.sequences] == ["seq0", "seq2"]
+    x, y = ds[3]
+    assert y.max() == 1 and (y == 1).sum() > 0
+    with pytest.raises(VostoolError):
+        find_sequences([root], names=["nope"])
+    with pytest.raises(VostoolError):
+        DavisClips([tmp_path / "missing"])
+
+
+def test_davis_short_sequence_holds_last_frame(tmp_path):
+    root = make_davis(tmp_path / "davis", seqs=1, frames=3)
+    x, y = DavisClips([root], size=(32, 48), clip_len=5)[0]
+    assert x.shape[0] == 5 and y.shape[0] == 5

@@ -1,0 +1,192 @@
+"""Training loop: a few steps reduce the loss for every model, resume is exact, export
+round-trips through the strict loader, the CLI runs. Tiny models and data, no downloads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vostool.models import build_model, list_models, load_model, read_checkpoint
+from vostool.train import TrainConfig, clip_loss, export_run, load_run, train
+from vostool.train.loop import set_train_mode
+
+MODELS = [spec.name for spec in list_models()]
+
+
+def make_davis(root: Path, seqs: int = 3, frames: int = 6, h: int = 48, w: int = 64) -> Path:
+    rng = np.random.default_rng(1)
+    for s in range(seqs):
+        name = f"seq{s}"
+        (root / "JPEGImages/480p" / name).mkdir(parents=True)
+        (root / "Annotations/480p" / name).mkdir(parents=True)
+        bg = (rng.random((h, w, 3)) * 120).astype(np.uint8)
+        for t in range(frames):
+            img = bg.copy()
+            m = np.zeros((h, w), np.uint8)
+            m[10 + t:26 + t, 12 + 2 * t + s:32 + 2 * t + s] = 1
+            img[m > 0] = (200, 60 + 30 * s, 40)
+            Image.fromarray(img).save(root / "JPEGImages/480p" / name / f"{t:05d}.jpg", quality=95)
+            Image.fromarray(m * 255).save(root / "Annotations/480p" / name / f"{t:05d}.png")
+    return root
+
+
+def _fixed_batch(b: int = 2, t: int = 3, h: int = 64, w: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(b, t, 3, h, w, generator=g) * 0.3
+    masks = torch.zeros(b, t, h, w, dtype=torch.long)
+    for i in range(b):
+        for j in range(t):
+            y, x = 12 + 3 * j + 4 * i, 10 + 4 * j
+            masks[i, j, y:y + 24, x:x + 24] = 1
+            frames[i, j, :, y:y + 24, x:x + 24] += torch.tensor([1.5, -1.0, 0.5]).view(3, 1, 1)
+    return frames, masks
+
+
+def test_every_model_is_tested():
+    assert "crvos" in MODELS
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_steps_reduce_loss(name, one_thread):
+    torch.manual_seed(0)
+    model = build_model(name, "mobilenet_v2", pretrained=False)
+    set_train_mode(model, freeze_bn=True)
+    frames, masks = _fixed_batch()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with torch.no_grad():
+        before = float(clip_loss(model, frames, masks))
+    for _ in range(5):
+        loss = clip_loss(model, frames, masks)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(clip_loss(model, frames, masks))
+    assert after < before, (name, before, after)
+
+
+def _tiny_cfg(tmp_path: Path, out: str, iters: int) -> TrainConfig:
+    return TrainConfig(
+        model="crvos", backbone="mobilenet_v2", pretrained=False, stage="video",
+        data=[str(tmp_path / "davis")], size=(32, 48), clip_len=3, batch=2, iters=iters, lr=1e-3,
+        precision="fp32", device="cpu", threads=1, out=str(tmp_path / out), log_every=1, progress=False,
+        seed=3, command="vostool train (test)",
+    )
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return load_run(path)["model"]
+
+
+def test_resume_gives_the_same_state(tmp_path):
+    make_davis(tmp_path / "davis")
+    straight = train(_tiny_cfg(tmp_path, "straight", 3))
+    assert straight["iteration"] == 3 and not straight["interrupted"]
+    first = train(_tiny_cfg(tmp_path, "split", 2))
+    assert first["iteration"] == 2
+    resumed = train(dataclasses.replace(_tiny_cfg(tmp_path, "split", 3), resume=True))
+    assert resumed["iteration"] == 3
+    a, b = _params(tmp_path / "straight/last.pt"), _params(tmp_path / "split/last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    oa = load_run(tmp_path / "straight/last.pt")["optimizer"]["state"]
+    ob = load_run(tmp_path / "split/last.pt")["optimizer"]["state"]
+    for k in oa:
+        assert torch.equal(oa[k]["exp_avg"], ob[k]["exp_avg"])
+    log = (tmp_path / "split/log.txt").read_text()
+    assert "resuming" in log and "it 3/3" in log
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    from vostool.errors import VostoolError
+
+    make_davis(tmp_path / "davis")
+    train(_tiny_cfg(tmp_path, "run", 1))
+    with pytest.raises(VostoolError, match="resume"):
+        train(_tiny_cfg(tmp_path, "run", 1))
+
+
+def test_pretrain_stage_then_video_with_init_and_export(tmp_path):
+    make_davis(tmp_path / "davis")
+    imgs = tmp_path / "stills"
+    (imgs / "images").mkdir(parents=True)
+    (imgs / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+        m = np.zeros((40, 56), np.uint8)
+        m[8:30, 10 + i:40 + i] = 255
+        Image.fromarray(img).save(imgs / "images" / f"{i:04d}.jpg")
+        Image.fromarray(m).save(imgs / "masks" / f"{i:04d}.png")
+    pre = dataclasses.replace(_tiny_cfg(tmp_path, "pre", 1), stage="pretrain", images=[str(imgs)], data=[],
+                              command="vostool train --stage pretrain (test)")
+    train(pre)
+    vid = dataclasses.replace(_tiny_cfg(tmp_path, "vid", 1), init=str(tmp_path / "pre/last.pt"),
+                              val_sequences=["seq2"], val_every=1)
+    summary = train(vid)
+    assert summary["best"] is not None and 0 <= summary["best"]["JF"] <= 1
+    assert (tmp_path / "vid/best.pt").is_file()
+    run = load_run(tmp_path / "vid/last.pt")
+    assert run["commands"] == ["vostool train --stage pretrain (test)", "vostool train (test)"]
+    assert run["data"]["sequences"] == 2  # seq2 held out
+
+    dst = tmp_path / "weights/crvos.safetensors"
+    card = export_run(tmp_path / "vid/last.pt", dst, fp16=False)
+    model = load_model("crvos", weights=dst)  # strict
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, run["model"][k]), k
+    saved = json.loads(dst.with_suffix(".json").read_text())
+    assert saved == json.loads(json.dumps(card))
+    assert saved["backbone"] == "mobilenet_v2" and saved["iterations"] == 1
+    assert saved["commands"] == run["commands"] and saved["dev_split"]["JF"] is not None
+    assert [st["stage"] for st in saved["stages"]] == ["pretrain", "video"] and saved["total_iterations"] == 2
+    _, meta = read_checkpoint(dst)
+    assert meta["size"] == "32"
+    half = export_run(tmp_path / "vid/last.pt", tmp_path / "weights/h.safetensors", fp16=True)
+    assert half["dtype"] == "float16"
+    load_model("crvos", weights=tmp_path / "weights/h.safetensors")
+
+
+def test_cli_train_and_export(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import typer
+    from vostool.cli.train import train_command
+
+    make_davis(tmp_path / "davis")
+    app = typer.Typer()
+    app.command()(train_command)
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["--model", "crvos", "--backbone", "mobilenet_v2", "--no-pretrained", "--data", str(tmp_path / "davis"),
+            "--size", "32x48", "--clip-len", "3", "--batch", "1", "--iters", "1", "--precision", "fp32",
+            "--device", "cpu", "--threads", "1", "--out", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (out / "last.pt").is_file()
+    r = runner.invoke(app, ["--resume", "--out", str(out), "--iters", "2", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert load_run(out / "last.pt")["iteration"] == 2
+    r = runner.invoke(app, ["--resume", "--out", str(out), "--lr", "0.5"])
+    assert r.exit_code == 2 and "resumed" in r.output
+    r = runner.invoke(app, ["--size", "30x48", "--data", str(tmp_path / "davis")])
+    assert r.exit_code == 2 and "multiples of 16" in r.output
+    r = runner.invoke(app, ["--export", str(tmp_path / "w/crvos.safetensors"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "w/crvos.json").is_file()

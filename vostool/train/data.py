@@ -1,0 +1,591 @@
+"""Training data: clips from DAVIS-layout video sets and synthetic clips from still images.
+
+Both datasets are map-style and deterministic: item ``i`` is drawn with its own
+``numpy.random.Generator`` seeded from ``(seed, i)``, so a clip depends only on the seed and
+its index (not on the order of calls, the number of workers or a resumed run). Their length
+is virtual (``length``): the training loop asks for index ``(iteration * world + rank) *
+batch + b``.
+
+Each item is ``(frames, masks)``: frames ``T x 3 x H x W`` float32 normalised with the
+ImageNet mean/std, masks ``T x H x W`` int64 in {0, 1} (255 = ignore) for one object.
+
+:class:`DavisClips` decodes every frame once, resized so that its shorter side is
+``cache_scale`` times the training height, and keeps them in RAM as uint8 (DAVIS-2016 train:
+2,079 frames, about 1.3 GB at 240x432 training size); a step then only warps and crops.
+:class:`SyntheticClips` follows RGMP section 3.2: strategy 1 moves one still image with
+random affine/colour transforms (a static scene seen by a moving camera); strategy 2 pastes
+one or more objects over another image's background, moving each on its own path, and
+simulates occlusion by pasting the background image's own object (or a random patch) on top.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from vostool.errors import VostoolError
+from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IGNORE = 255
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+# -- augmentation parameters -----------------------------------------------------------
+@dataclass(frozen=True)
+class Augment:
+    """Random augmentation of a whole clip (the same geometric transform for every frame).
+
+    Defaults follow CRVOS's fine-tuning (flip, rotation, shear, scale 0.75..1.25) with
+    milder rotation/shear than its +-30 degrees.
+    """
+
+    flip: bool = True
+    rotation: float = 15.0        # degrees, +-
+    shear: float = 10.0           # degrees, +-
+    scale: tuple[float, float] = (0.75, 1.25)
+    brightness: float = 0.2       # factor in 1 +- brightness
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.02             # fraction of the hue circle, +-
+
+    @staticmethod
+    def none() -> "Augment":
+        return Augment(False, 0.0, 0.0, (1.0, 1.0), 0.0, 0.0, 0.0, 0.0)
+
+
+def affine_matrix(
+    center: tuple[float, float], out_size: tuple[int, int], scale: float = 1.0, angle: float = 0.0,
+    shear: tuple[float, float] = (0.0, 0.0), flip: bool = False, offset: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
+    """3 x 3 forward matrix (source pixels -> output pixels) that maps the source point
+    ``center`` (x, y) to the output centre + ``offset``, scaled, rotated (degrees,
+    counter-clockwise), sheared (degrees, x and y) and mirrored."""
+    h, w = out_size
+    cx, cy = center
+    t_src = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], np.float64)
+    a = math.radians(angle)
+    rot = np.array([[math.cos(a), math.sin(a), 0], [-math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    sh = np.array([[1, math.tan(math.radians(shear[0])), 0], [math.tan(math.radians(shear[1])), 1, 0], [0, 0, 1]])
+    sc = np.diag([scale, scale, 1.0])
+    fl = np.diag([-1.0 if flip else 1.0, 1.0, 1.0])
+    t_out = np.array([[1, 0, w / 2 + offset[0]], [0, 1, h / 2 + offset[1]], [0, 0, 1]], np.float64)
+    return t_out @ fl @ sc @ rot @ sh @ t_src
+
+
+def warp(image: np.ndarray, m: np.ndarray, out_size: tuple[int, int], nearest: bool = False,
+         border: int = 0) -> np.ndarray:
+    """Apply a 3 x 3 forward matrix with OpenCV; output ``out_size`` (H, W)."""
+    h, w = out_size
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, m[:2].astype(np.float64), (w, h), flags=flags,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+
+
+def colour_jitter(frames: torch.Tensor, rng: np.random.Generator, aug: Augment,
+                  per_frame: float = 0.0) -> torch.Tensor:
+    """frames ``T x 3 x H x W`` float in [0, 1]; one random jitter for the clip plus an
+    optional per-frame variation (``per_frame`` times the clip ranges)."""
+    import torchvision.transforms.v2.functional as TF
+
+    if aug.brightness == aug.contrast == aug.saturation == aug.hue == 0:
+        return frames
+    t = frames.shape[0]
+
+    def draw(r: float) -> np.ndarray:
+        base = rng.uniform(-r, r)
+        return base + rng.uniform(-r, r, size=t) * per_frame
+
+    b, c, s, hu = draw(aug.brightness), draw(aug.contrast), draw(aug.saturation), draw(aug.hue)
+    out = []
+    for i in range(t):
+        f = frames[i]
+        f = TF.adjust_brightness(f, float(max(0.0, 1 + b[i])))
+        f = TF.adjust_contrast(f, float(max(0.0, 1 + c[i])))
+        f = TF.adjust_saturation(f, float(max(0.0, 1 + s[i])))
+        if aug.hue:
+            f = TF.adjust_hue(f, float(np.clip(hu[i], -0.5, 0.5)))
+        out.append(f)
+    return torch.stack(out).clamp_(0, 1)
+
+
+def to_tensors(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], rng: np.random.Generator,
+               aug: Augment, per_frame_colour: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``H x W x 3`` images and ``H x W`` masks -> normalised frames and int64 masks."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)
+    x = colour_jitter(x, rng, aug, per_frame_colour)
+    x = (x - _MEAN) / _STD
+    y = torch.from_numpy(np.stack(masks).astype(np.int64))
+    return x.contiguous(), y
+
+
+def denormalise(frames: torch.Tensor) -> torch.Tensor:
+    """Normalised ``... x 3 x H x W`` -> uint8 RGB (for looking at clips)."""
+    x = frames * _STD.view(3, 1, 1) + _MEAN.view(3, 1, 1)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+# -- reading ---------------------------------------------------------------------------
+def read_rgb(path: Path, short_side: int | None = None) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise VostoolError(f"cannot read image {path}")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return resize_short(img, short_side, nearest=False)
+
+
+def read_ids(path: Path, short_side: int | None = None) -> np.ndarray:
+    """Read a mask as object ids (uint8): palette PNGs give their indices (255 = void),
+    binary 0/255 greyscale masks give {0, 1}."""
+    try:
+        with Image.open(path) as im:
+            if im.mode == "P":
+                arr = np.array(im)
+            else:
+                arr = np.array(im.convert("L"))
+                vals = np.unique(arr)
+                if vals.max(initial=0) > 1 and not set(vals.tolist()) <= set(range(0, 32)) | {255}:
+                    arr = (arr > 127).astype(np.uint8)
+                elif set(vals.tolist()) <= {0, 255}:
+                    arr = (arr > 127).astype(np.uint8)
+    except OSError as exc:
+        raise VostoolError(f"cannot read mask {path}: {exc}") from None
+    return resize_short(arr.astype(np.uint8), short_side, nearest=True)
+
+
+def resize_short(img: np.ndarray, short_side: int | None, nearest: bool) -> np.ndarray:
+    if not short_side:
+        return img
+    h, w = img.shape[:2]
+    r = short_side / min(h, w)
+    if abs(r - 1) < 1e-6:
+        return img
+    size = (max(1, round(w * r)), max(1, round(h * r)))
+    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    return cv2.resize(img, size, interpolation=interp)
+
+
+# -- DAVIS-layout video clips ---------------------------------------------------------------
+@dataclass
+class Sequence_:
+    root: Path
+    name: str
+    frames: list[Path]
+    masks: list[Path]
+
+
+def _resolution_dir(root: Path, kind: str) -> Path:
+    base = root / kind
+    if (base / "480p").is_dir():
+        return base / "480p"
+    subs = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    # DAVIS: JPEGImages/<resolution>/<seq>; a converted set may put sequences directly there.
+    if subs and all(not any(q.is_dir() for q in s.iterdir()) for s in subs[:1]):
+        return base
+    if subs:
+        return subs[0]
+    raise VostoolError(f"{root} is not a DAVIS-layout folder (no {kind}/480p/<sequence>/)")
+
+
+def davis_sequence_names(root: Path) -> list[str]:
+    """Training sequences of a DAVIS-layout root: ``ImageSets/*/train.txt`` if present,
+    else every folder under ``JPEGImages/480p``."""
+    for cand in ("ImageSets/480p/train.txt", "ImageSets/2017/train.txt", "ImageSets/2016/train.txt",
+                 "ImageSets/train.txt"):
+        p = root / cand
+        if p.is_file():
+            names = []
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if not line:
+                    continue
+                # DAVIS-2016 lists "/JPEGImages/480p/bear/00000.jpg /Annotations/..." lines.
+                first = line.split()[0]
+                name = first.split("/")[-2] if "/" in first else first
+                if name not in names:
+                    names.append(name)
+            return names
+    img_dir = _resolution_dir(root, "JPEGImages")
+    return sorted(p.name for p in img_dir.iterdir() if p.is_dir())
+
+
+def find_sequences(roots: Sequence[str | Path], names: Sequence[str] | None = None,
+                   exclude: Sequence[str] = ()) -> list[Sequence_]:
+    """Sequences (frames that have an annotation) of several DAVIS-layout roots."""
+    out: list[Sequence_] = []
+    wanted = set(names) if names is not None else None
+    found: set[str] = set()
+    for r in roots:
+        root = Path(r)
+        if not root.is_dir():
+            raise VostoolError(f"data folder {root} not found")
+        img_dir = _resolution_dir(root, "JPEGImages")
+        ann_dir = _resolution_dir(root, "Annotations")
+        seq_names = sorted(wanted) if wanted is not None else davis_sequence_names(root)
+        for name in seq_names:
+            if name in exclude or not (img_dir / name).is_dir():
+                continue
+            anns = {p.stem: p for p in (ann_dir / name).glob("*.png")}
+            frames = sorted(p for p in (img_dir / name).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            frames = [p for p in frames if p.stem in anns]
+            if len(frames) < 2:
+                continue
+            out.append(Sequence_(root, name, frames, [anns[p.stem] for p in frames]))
+            found.add(name)
+    if wanted is not None:
+        missing = sorted(wanted - found)
+        if missing:
+            raise VostoolError(f"sequence(s) not found in {', '.join(map(str, roots))}: {', '.join(missing)}")
+    return out
+
+
+class DavisClips(torch.utils.data.Dataset):
+    """Clips of ``clip_len`` frames from DAVIS-layout roots, one object per clip.
+
+    Frames are taken every ``skip`` frames, ``skip`` random in 1..``max_skip`` (fast
+    motion). One random object id of the first frame is the target. The whole clip gets one
+    random affine (scale, rotation, shear, flip) and crop to ``size`` and one colour jitter.
+    """
+
+    def __init__(
+        self, roots: Sequence[str | Path], size: tuple[int, int] = (240, 432), clip_len: int = 8,
+        max_skip: int = 3, exclude: Sequence[str] = (), seed: int = 0, augment: Augment | None = None,
+        length: int = 10**9, cache_scale: float = 1.25, sequences: Sequence[str] | None = None,
+    ) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.clip_len = int(clip_len)
+        self.max_skip = max(1, int(max_skip))
+        self.seed = int(seed)
+        self.augment = augment if augment is not None else Augment()
+        self.length = int(length)
+        self.short_side = max(self.size[0], round(min(self.size) * cache_scale))
+        self.sequences = find_sequences(roots, sequences, exclude)
+        if not self.sequences:
+            raise VostoolError(f"no training sequences with annotations in {', '.join(map(str, roots))}")
+        self._cache: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def num_frames(self) -> int:
+        return sum(len(s.frames) for s in self.sequences)
+
+    def _load(self, i: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        if i not in self._cache:
+            s = self.sequences[i]
+            imgs = [read_rgb(p, self.short_side) for p in s.frames]
+            masks = [read_ids(p, self.short_side) for p in s.masks]
+            for k, (a, b) in enumerate(zip(imgs, masks)):
+                if a.shape[:2] != b.shape:
+                    masks[k] = cv2.resize(b, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_NEAREST)
+            self._cache[i] = (imgs, masks)
+        return self._cache[i]
+
+    def preload(self) -> None:
+        """Decode every sequence now (before forking data-loader workers)."""
+        for i in range(len(self.sequences)):
+            self._load(i)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(index)])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self.rng(index)
+        for _attempt in range(20):
+            item = self._try(rng)
+            if item is not None:
+                return item
+        return self._try(rng, force=True)  # type: ignore[return-value]
+
+    def _try(self, rng: np.random.Generator, force: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+        si = int(rng.integers(len(self.sequences)))
+        imgs, masks = self._load(si)
+        n = len(imgs)
+        t = self.clip_len
+        skip = int(rng.integers(1, self.max_skip + 1))
+        skip = max(1, min(skip, (n - 1) // max(1, t - 1)))
+        span = (t - 1) * skip + 1
+        if span <= n:
+            start = int(rng.integers(0, n - span + 1))
+            idx = [start + k * skip for k in range(t)]
+        else:  # short sequence: hold the last frame
+            idx = [min(k, n - 1) for k in range(t)]
+        if rng.random() < 0.5:  # play backwards: just as valid a video
+            idx = idx[::-1]
+        ids = [int(v) for v in np.unique(masks[idx[0]]) if v not in (0, IGNORE)]
+        if not ids:
+            if not force:
+                return None
+            ids = [1]
+        obj = ids[int(rng.integers(len(ids)))]
+        m = self._draw_affine(rng, imgs[idx[0]].shape[:2], masks[idx[0]] == obj)
+        out_imgs = [warp(imgs[k], m, self.size) for k in idx]
+        out_masks = []
+        for k in idx:
+            src = masks[k]
+            tgt = np.where(src == IGNORE, IGNORE, (src == obj)).astype(np.uint8)
+            out_masks.append(warp(tgt, m, self.size, nearest=True))
+        first_area = int((out_masks[0] == 1).sum())
+        src_area = float((masks[idx[0]] == obj).sum()) * abs(np.linalg.det(m[:2, :2]))
+        if not force and (first_area < 16 or first_area < 0.5 * src_area):
+            return None
+        return to_tensors(out_imgs, out_masks, rng, self.augment, per_frame_colour=0.1)
+
+    def _draw_affine(self, rng: np.random.Generator, src_shape: tuple[int, int], obj: np.ndarray) -> np.ndarray:
+        a = self.augment
+        h, w = self.size
+        sh, sw = src_shape
+        s = float(rng.uniform(*a.scale)) * (min(h, w) / min(sh, sw)) * (self.short_side / min(self.size))
+        # centre: half the time near the object, else anywhere the window fits
+        ys, xs = np.nonzero(obj)
+        if len(ys) and rng.random() < 0.5:
+            j = int(rng.integers(len(ys)))
+            cx, cy = float(xs[j]), float(ys[j])
+        else:
+            half_w, half_h = w / (2 * s), h / (2 * s)
+            cx = float(rng.uniform(half_w, sw - half_w)) if sw > 2 * half_w else sw / 2
+            cy = float(rng.uniform(half_h, sh - half_h)) if sh > 2 * half_h else sh / 2
+        ang = float(rng.uniform(-a.rotation, a.rotation)) if a.rotation else 0.0
+        shr = (float(rng.uniform(-a.shear, a.shear)), 0.0) if a.shear else (0.0, 0.0)
+        flip = bool(a.flip and rng.random() < 0.5)
+        return affine_matrix((cx, cy), self.size, s, ang, shr, flip)
+
+
+# -- synthetic clips from still images ---------------------------------------------------------
+def find_image_pairs(roots: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of still-image sets: ``<root>/images/*`` with ``<root>/masks/<stem>.png``
+    (ECSSD, DUTS and MSRA10K converted to that layout)."""
+    pairs: list[tuple[Path, Path]] = []
+    for r in roots:
+        root = Path(r)
+        img_dir, mask_dir = root / "images", root / "masks"
+        if not img_dir.is_dir() or not mask_dir.is_dir():
+            raise VostoolError(f"{root} is not an image set with masks (expected {root}/images and {root}/masks)")
+        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+        for p in sorted(img_dir.iterdir()):
+            if p.suffix.lower() in IMAGE_EXTS and p.stem in masks:
+                pairs.append((p, masks[p.stem]))
+    if not pairs:
+        raise VostoolError(f"no images with masks in {', '.join(map(str, roots))}")
+    return pairs
+
+
+class SyntheticClips(torch.utils.data.Dataset):
+    """Synthetic clips of ``clip_len`` frames from still images with masks (RGMP 3.2).
+
+    With probability ``p_paste`` (default 0.5, RGMP's equal split) strategy 2, else 1:
+
+    1. One image moved along a random path of small affine steps (camera motion, zoom,
+       rotation) with colour changes.
+    2. ``1..max_objects`` objects of other images pasted over a background image, each on
+       its own random path; with probability ``p_occlude`` the background image's own
+       object (RGMP's occlusion) or a random patch of another image is pasted on top.
+
+    Items are ``(frames, masks)`` like :class:`DavisClips`; with ``return_ids=True`` masks
+    hold every pasted object's id (1..K) instead of one binary target.
+    """
+
+    def __init__(
+        self, roots: Sequence[str | Path] | None = None, size: tuple[int, int] = (240, 432), clip_len: int = 4,
+        seed: int = 0, augment: Augment | None = None, length: int = 10**9, p_paste: float = 0.5,
+        max_objects: int = 2, p_occlude: float = 0.5, return_ids: bool = False, cache_scale: float = 1.25,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.clip_len = int(clip_len)
+        self.seed = int(seed)
+        self.augment = augment if augment is not None else Augment()
+        self.length = int(length)
+        self.p_paste = float(p_paste)
+        self.max_objects = max(1, int(max_objects))
+        self.p_occlude = float(p_occlude)
+        self.return_ids = return_ids
+        self.short_side = max(self.size[0], round(min(self.size) * cache_scale))
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if pairs is not None:  # in-memory images (tests)
+            self.files: list[tuple[Path, Path]] = []
+            for i, (img, m) in enumerate(pairs):
+                self._cache[i] = (np.ascontiguousarray(img), (np.asarray(m) > 0).astype(np.uint8))
+            self.count = len(pairs)
+        else:
+            if not roots:
+                raise VostoolError("synthetic clips need still images with masks (--images)")
+            self.files = find_image_pairs(roots)
+            self.count = len(self.files)
+        if self.count < 2:
+            raise VostoolError("synthetic clips need at least 2 images with masks")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i not in self._cache:
+            ip, mp = self.files[i]
+            img = read_rgb(ip, self.short_side)
+            m = read_ids(mp)
+            m = (m > 0).astype(np.uint8) if m.max(initial=0) <= 1 else (m > 127).astype(np.uint8)
+            if m.shape != img.shape[:2]:
+                m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+            self._cache[i] = (img, m)
+        return self._cache[i]
+
+    def preload(self) -> None:
+        for i in range(self.count):
+            self._load(i)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(index), 7])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        clip = self.make_clip(index)
+        return clip["frames"], clip["masks"]
+
+    # -- generation --------------------------------------------------------------------------
+    def _path(self, rng: np.random.Generator, src_shape: tuple[int, int], center: tuple[float, float],
+              base_scale: float, motion: float) -> list[np.ndarray]:
+        """A random smooth path of ``clip_len`` forward matrices around ``center``."""
+        a = self.augment
+        h, w = self.size
+        s = base_scale * float(rng.uniform(*a.scale))
+        ang = float(rng.uniform(-a.rotation, a.rotation)) if a.rotation else 0.0
+        shr = float(rng.uniform(-a.shear, a.shear)) if a.shear else 0.0
+        flip = bool(a.flip and rng.random() < 0.5)
+        off = np.array([rng.uniform(-0.25, 0.25) * w, rng.uniform(-0.25, 0.25) * h]) * motion
+        vel = rng.normal(0, 0.04, 2) * np.array([w, h]) * motion
+        d_ang, d_s = rng.normal(0, 3.0) * motion, rng.normal(0, 0.03) * motion
+        out = []
+        for _ in range(self.clip_len):
+            out.append(affine_matrix(center, self.size, s, ang, (shr, 0.0), flip, (float(off[0]), float(off[1]))))
+            off = off + vel + rng.normal(0, 0.01, 2) * np.array([w, h]) * motion
+            ang += d_ang + rng.normal(0, 1.0) * motion
+            s *= float(np.clip(1 + d_s + rng.normal(0, 0.01) * motion, 0.8, 1.25))
+        return out
+
+    def make_clip(self, index: int) -> dict:
+        """One clip with details: ``frames``, ``masks``, ``strategy`` (1 or 2), ``ids``
+        (the K objects' binary masks before occlusion, ``K x T x H x W`` uint8, strategy 2),
+        ``occluded`` (True when an occluder covers part of an object in some frame)."""
+        rng = self.rng(index)
+        clip = None
+        for _attempt in range(10):
+            clip = self._strategy2(rng) if rng.random() < self.p_paste else self._strategy1(rng)
+            if clip is not None:
+                break
+        if clip is None:
+            clip = self._strategy1(rng, force=True)
+        images, ids = clip["images"], clip["id_masks"]
+        k = int(max(m.max() for m in ids))
+        if self.return_ids:
+            masks = ids
+        else:
+            present = [int(v) for v in np.unique(ids[0]) if v != 0] or [1]
+            target = present[int(rng.integers(len(present)))]
+            masks = [(m == target).astype(np.uint8) for m in ids]
+        frames, y = to_tensors(images, masks, rng, self.augment, per_frame_colour=0.3)
+        return {"frames": frames, "masks": y, "strategy": clip["strategy"], "objects": k,
+                "full": clip.get("full"), "occluded": clip.get("occluded", False)}
+
+    def _fit_scale(self, shape: tuple[int, int]) -> float:
+        h, w = self.size
+        return max(h / shape[0], w / shape[1])
+
+    def _strategy1(self, rng: np.random.Generator, force: bool = False) -> dict | None:
+        img, m = self._load(int(rng.integers(self.count)))
+        ys, xs = np.nonzero(m)
+        if len(ys) == 0 and not force:
+            return None
+        center = (float(xs.mean()), float(ys.mean())) if len(ys) else (img.shape[1] / 2, img.shape[0] / 2)
+        mats = self._path(rng, img.shape[:2], center, self._fit_scale(img.shape[:2]), motion=1.0)
+        images = [warp(img, mt, self.size, border=0) for mt in mats]
+        masks = [warp(m, mt, self.size, nearest=True) for mt in mats]
+        if not force and masks[0].sum() < 16:
+            return None
+        return {"images": images, "id_masks": masks, "strategy": 1}
+
+    def _strategy2(self, rng: np.random.Generator) -> dict | None:
+        h, w = self.size
+        bg_i = int(rng.integers(self.count))
+        bg_img, bg_m = self._load(bg_i)
+        n_obj = int(rng.integers(1, self.max_objects + 1))
+        bg_center = (bg_img.shape[1] / 2, bg_img.shape[0] / 2)
+        bg_mats = self._path(rng, bg_img.shape[:2], bg_center, self._fit_scale(bg_img.shape[:2]), motion=0.5)
+        frames = [warp(bg_img, mt, self.size) for mt in bg_mats]
+        ids = [np.zeros((h, w), np.uint8) for _ in range(self.clip_len)]
+        full = np.zeros((n_obj, self.clip_len, h, w), np.uint8)
+        for k in range(n_obj):
+            oi = int(rng.integers(self.count - 1))
+            oi = oi + 1 if oi >= bg_i else oi
+            img, m = self._load(oi)
+            ys, xs = np.nonzero(m)
+            if len(ys) < 16:
+                return None
+            center = (float(xs.mean()), float(ys.mean()))
+            obj_h, obj_w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+            # object about 20..60% of the shorter output side
+            s = float(rng.uniform(0.2, 0.6)) * min(h, w) / max(obj_h, obj_w)
+            mats = self._path(rng, img.shape[:2], center, s, motion=1.0)
+            soft = cv2.GaussianBlur(m.astype(np.float32), (5, 5), 0)  # soften blending edges
+            for t, mt in enumerate(mats):
+                alpha = warp(soft, mt, self.size)[..., None]
+                obj = warp(img, mt, self.size)
+                frames[t] = (frames[t] * (1 - alpha) + obj * alpha).round().astype(np.uint8)
+                mk = warp(m, mt, self.size, nearest=True).astype(bool)
+                ids[t][mk] = k + 1
+                full[k, t] = mk
+        occluded = False
+        if rng.random() < self.p_occlude:
+            # RGMP: the background image's own object occludes the pasted ones; when it has
+            # none (or misses them), a random patch of another image crosses the objects.
+            occ_frames, occ_masks = self._occluder(rng, bg_img, bg_m, bg_mats, full)
+            for t in range(self.clip_len):
+                om = occ_masks[t].astype(bool)
+                frames[t][om] = occ_frames[t][om]
+                ids[t][om] = 0
+            occluded = bool(any(((full[:, t] > 0) & occ_masks[t].astype(bool)).any() for t in range(self.clip_len)))
+        if (ids[0] > 0).sum() < 16:
+            return None
+        return {"images": frames, "id_masks": ids, "strategy": 2, "full": full, "occluded": occluded}
+
+    def _occluder(self, rng: np.random.Generator, bg_img: np.ndarray, bg_m: np.ndarray, bg_mats: list[np.ndarray],
+                  full: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        h, w = self.size
+        if bg_m.any() and rng.random() < 0.5:
+            occ = [warp(bg_img, mt, self.size) for mt in bg_mats]
+            occ_m = [warp(bg_m, mt, self.size, nearest=True) for mt in bg_mats]
+            # the occluder must not hide the target in the first frame
+            if not (occ_m[0].astype(bool) & (full[:, 0].sum(0) > 0)).sum() > 0.5 * (full[:, 0].sum(0) > 0).sum():
+                return occ, occ_m
+        # a random patch (an ellipse textured with another image) crossing the first object
+        tex, _ = self._load(int(rng.integers(self.count)))
+        tex = cv2.resize(tex, (w, h), interpolation=cv2.INTER_LINEAR)
+        ys, xs = np.nonzero(full[0, self.clip_len // 2])
+        if len(ys) == 0:
+            ys, xs = np.array([h // 2]), np.array([w // 2])
+        cy, cx = float(ys.mean()), float(xs.mean())
+        ry, rx = float(rng.uniform(0.1, 0.25)) * h, float(rng.uniform(0.1, 0.25)) * w
+        # it travels through the object's middle position over the clip
+        start = np.array([cx, cy]) + rng.normal(0, 1, 2) * np.array([w, h]) * 0.3
+        end = 2 * np.array([cx, cy]) - start
+        occ, occ_m = [], []
+        for t in range(self.clip_len):
+            f = t / max(1, self.clip_len - 1)
+            px, py = (1 - f) * start + f * end
+            mk = np.zeros((h, w), np.uint8)
+            cv2.ellipse(mk, (int(px), int(py)), (int(rx), int(ry)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+            occ.append(tex)
+            occ_m.append(mk)
+        # keep the first frame's target mostly visible
+        first = full[:, 0].sum(0) > 0
+        if (occ_m[0].astype(bool) & first).sum() > 0.5 * first.sum():
+            occ_m[0] = np.zeros_like(occ_m[0])
+        return occ, occ_m

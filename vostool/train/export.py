@@ -1,0 +1,80 @@
+"""Export a training run's checkpoint as the shipped weights and their card.
+
+``export_run("runs/crvos-video/best.pt", "weights/crvos.safetensors")`` writes the
+safetensors checkpoint (fp16 when it is over 20 MiB or ``fp16=True``) that
+:func:`vostool.models.load_model` loads strictly, and ``weights/crvos.json``: model,
+backbone, data, the commands of every stage, iterations, wall time, hardware, the last
+validation's J&F, date and vostool version.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import vostool
+from vostool.errors import VostoolError
+from vostool.models import build_model, load_weights_strict, save_checkpoint
+from vostool.train.loop import config_from_dict, load_run
+
+HALF_ABOVE_BYTES = 20 * 2**20
+
+
+def export_run(src: str | Path, dst: str | Path, fp16: bool | None = None, size: int | None = None) -> dict[str, Any]:
+    """Write ``dst`` (.safetensors) and its card ``dst`` with ``.json``; returns the card."""
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != ".safetensors":
+        raise VostoolError(f"export to a .safetensors file, not {dst}")
+    ck = load_run(src)
+    if "model" not in ck or "config" not in ck:
+        raise VostoolError(f"{src} is not a vostool training checkpoint")
+    cfg = config_from_dict(ck["config"])
+    mcfg = dict(ck.get("model_config") or {})
+    backbone = mcfg.pop("backbone", cfg.backbone)
+    model = build_model(cfg.model, backbone, pretrained=False, **mcfg)
+    load_weights_strict(model, ck["model"], source=str(src))
+    n_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    half = bool(fp16) if fp16 is not None else n_bytes > HALF_ABOVE_BYTES
+    infer_size = int(size or cfg.val_size or cfg.size[0])
+    commands = [c for c in ck.get("commands", []) if c]
+    save_checkpoint(model, dst, half=half, extra={"size": infer_size, "commands": json.dumps(commands)})
+    history = ck.get("val_history") or []
+    last_val = history[-1] if history else None
+    best = ck.get("best")
+    card = {
+        "model": cfg.model,
+        "backbone": model.config.get("backbone"),
+        "config": model.config,
+        "weights": dst.name,
+        "dtype": "float16" if half else "float32",
+        "bytes": dst.stat().st_size,
+        "inference_size": infer_size,
+        "stage": cfg.stage,
+        "data": ck.get("data"),
+        "commands": commands,
+        "stages": ck.get("stages", []),
+        "iterations": int(ck.get("iteration", 0)),
+        "total_iterations": sum(int(s.get("iterations", 0)) for s in ck.get("stages", [])) or None,
+        "wall_time_s": round(float(ck.get("elapsed", 0.0)), 1),
+        "total_wall_time_s": round(sum(float(s.get("wall_s", 0.0)) for s in ck.get("stages", [])), 1) or None,
+        "hardware": ck.get("hardware"),
+        "precision": ck.get("precision"),
+        "dev_split": {
+            "sequences": cfg.val_sequences,
+            "JF": None if last_val is None else last_val["JF"],
+            "J": None if last_val is None else last_val["J"],
+            "F": None if last_val is None else last_val["F"],
+            "iteration": None if last_val is None else last_val.get("iteration"),
+            "best": best,
+        },
+        "source": str(src),
+        "date": time.strftime("%Y-%m-%d"),
+        "vostool_version": vostool.__version__,
+    }
+    card_path = dst.with_suffix(".json")
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(card_path)
+    return card
