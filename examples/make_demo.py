@@ -17,22 +17,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vostool.io.masks import DAVIS_PALETTE
+
 H, W, FPS, SECONDS = 360, 640, 24, 3
 HERE = Path(__file__).resolve().parent
-
-
-def _palette() -> list[int]:
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
@@ -91,7 +79,7 @@ def main() -> None:
             img, ids = render(i / FPS, bg)
             if i == 0:
                 m = Image.fromarray(ids, mode="P")
-                m.putpalette(_palette())
+                m.putpalette(DAVIS_PALETTE)
                 m.save(HERE / "demo_mask.png")
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts = i

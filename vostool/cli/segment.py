@@ -123,4 +123,4 @@ def segment(
             if not quiet:
                 dt = time.perf_counter() - t0
                 console.print(f"{path.name}: {n} frames in {dt:.1f} s ({n / max(dt, 1e-9):.1f} fps) "
-                              f"on {prop.device_name}, {prop.precision} -> {dest}", highlight=False)
+                              f"on {prop.device_name}, {prop.precision} -> {dest}", highlight=False, soft_wrap=True)

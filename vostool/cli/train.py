@@ -63,6 +63,7 @@ def train_command(
     init: Annotated[Optional[Path], typer.Option(help="Start from these weights (a previous stage's .pt or .safetensors).")] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="ImageNet backbone weights.")] = True,
     freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--train-bn", help="Keep the backbone's BatchNorm statistics frozen (default) or update them.")] = None,
+    freeze_backbone: Annotated[Optional[bool], typer.Option("--freeze-backbone/--train-backbone", help="Train without gradients through the image encoder (much faster on CPUs) or train it too (default).")] = None,
     val_sequences: Annotated[Optional[str], typer.Option(help="Held-out sequences of --data for validation, comma-separated.")] = None,
     val_every: Annotated[Optional[int], typer.Option(help="Validate every N iterations (and at the end).")] = None,
     val_size: Annotated[Optional[int], typer.Option(help="Validation inference short side (default: training height).")] = None,
@@ -109,7 +110,7 @@ def _run(**o) -> None:
         val_sequences=[s for s in o["val_sequences"].split(",") if s] if o["val_sequences"] is not None else None,
         val_every=o["val_every"], val_size=o["val_size"], ckpt_every_min=o["ckpt_every_min"],
         max_minutes=o["max_minutes"], seed=o["seed"], threads=o["threads"], num_workers=o["workers"],
-        log_every=o["log_every"], freeze_bn=o["freeze_bn"], init=str(o["init"]) if o["init"] else None,
+        log_every=o["log_every"], freeze_bn=o["freeze_bn"], freeze_backbone=o["freeze_backbone"], init=str(o["init"]) if o["init"] else None,
     )
     command = recorded_command()
     if o["resume"]:

@@ -78,6 +78,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     freeze_bn: bool = True             # keep the backbone's BatchNorm statistics (small batches)
+    freeze_backbone: bool = False      # train only the rest: no gradient through the image encoder
     precision: str = "auto"
     device: str = "auto"
     channels_last: bool = True
@@ -216,6 +217,26 @@ def set_train_mode(model: nn.Module, freeze_bn: bool = True) -> None:
                 for bn in mod.modules():
                     if isinstance(bn, nn.modules.batchnorm._BatchNorm):
                         bn.eval()
+
+
+def freeze_backbones(model: nn.Module) -> int:
+    """Stop gradients at every ImageNet backbone whose input needs none (the frame
+    encoders); a backbone that also takes a mask channel keeps learning. Returns the
+    number of parameters frozen. Without gradients through the encoder, a CPU training
+    step costs about the forward pass alone."""
+    from vostool.models.backbones import Backbone
+
+    frozen = 0
+    for mod in model.modules():
+        if isinstance(mod, Backbone):
+            first = next(m for m in mod.modules() if isinstance(m, nn.Conv2d))
+            if first.in_channels != 3:
+                continue
+            for p in mod.parameters():
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen += p.numel()
+    return frozen
 
 
 def lr_at(cfg: TrainConfig, it: int) -> float:
@@ -480,6 +501,8 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
     if cfg.channels_last and device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
     set_train_mode(model, cfg.freeze_bn)
+    if cfg.freeze_backbone:
+        freeze_backbones(model)
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
