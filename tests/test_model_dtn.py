@@ -14,28 +14,10 @@ from vostool.models import VOSModel, build_model, get_spec, load_model, save_che
 from vostool.models.dtn import DTN, conditional_anchors, decode_boxes, encode_boxes, mask_boxes, paste_masks
 from vostool.models.flow import get_flow, warp
 
+from synthetic import two_squares_clip
+
 # Keeps the 4-level MRN, the RPN head and the DM cheap on CPU (defaults: the paper's sizes).
 SMALL = {"roi_size": 32, "mrn_channels": [32, 32, 16, 16], "rpn_channels": 64, "dm_hidden": 64}
-
-
-def synthetic_clip(n: int = 5, h: int = 64, w: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
-    """Two moving squares (ids 3 and 7) on a textured background; frames + first mask."""
-    rng = np.random.default_rng(0)
-    bg = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-    frames, first = [], None
-    for t in range(n):
-        img = bg.copy()
-        mask = np.zeros((h, w), np.uint8)
-        y3, x3 = 8 + t, 6 + 2 * t
-        y7, x7 = 36 - t, 44 - 2 * t
-        img[y3:y3 + 16, x3:x3 + 16] = (220, 40, 40)
-        mask[y3:y3 + 16, x3:x3 + 16] = 3
-        img[y7:y7 + 14, x7:x7 + 14] = (40, 200, 60)
-        mask[y7:y7 + 14, x7:x7 + 14] = 7
-        frames.append(img)
-        if t == 0:
-            first = mask
-    return frames, first
 
 
 @pytest.mark.parametrize("backbone,size", [("mobilenet_v2", 64), ("resnet18", 64), ("resnet50", 32)])
@@ -76,7 +58,7 @@ def test_forward_backward_all_losses(backbone: str, size: int) -> None:
 
 def test_engine_two_objects_state_and_ids() -> None:
     torch.manual_seed(0)
-    frames, first = synthetic_clip()
+    frames, first = two_squares_clip(5, h=64, w=64, start7=(36, 44))
     model = build_model("dtn", **SMALL)
     prop = Propagator(model, device="cpu", precision="fp32", size=64)
     r0 = prop.start(frames[0], first)
@@ -126,7 +108,7 @@ def test_conditional_anchors_81_centred_on_previous_box() -> None:
 
 def test_decision_threshold_switches_streams() -> None:
     torch.manual_seed(0)
-    frames, first = synthetic_clip(4)
+    frames, first = two_squares_clip(4, h=64, w=64, start7=(36, 44))
     model = build_model("dtn", **SMALL)
     for theta, stream in ((0.0, "propagation"), (1.01, "reidentification")):
         model.theta_c = theta
@@ -220,7 +202,7 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     loaded = load_model("dtn", weights=path)
     assert loaded.config == model.config
     assert loaded.config["roi_size"] == 24 and loaded.config["mrn_channels"] == [32, 32, 16, 16]
-    frames, first = synthetic_clip(3)
+    frames, first = two_squares_clip(3, h=64, w=64, start7=(36, 44))
     outs = []
     for m in (model, loaded):
         m.theta_c = 0.5

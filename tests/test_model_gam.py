@@ -16,34 +16,9 @@ from vostool.models.gam import (
     GAM, ChannelAttention, MaskEmbedding, distribute, global_context, update_global,
 )
 
+from synthetic import two_squares_clip
 
-def synthetic_clip(n: int = 6, h: int = 60, w: int = 80) -> tuple[list[np.ndarray], np.ndarray]:
-    """Two moving squares (ids 3 and 7) on a textured background; frames + first mask."""
-    rng = np.random.default_rng(0)
-    bg = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-    frames, first = [], None
-    for t in range(n):
-        img = bg.copy()
-        mask = np.zeros((h, w), np.uint8)
-        y3, x3 = 8 + t, 6 + 2 * t
-        y7, x7 = 30 - t, 50 - 2 * t
-        img[y3:y3 + 16, x3:x3 + 16] = (220, 40, 40)
-        mask[y3:y3 + 16, x3:x3 + 16] = 3
-        img[y7:y7 + 14, x7:x7 + 14] = (40, 200, 60)
-        mask[y7:y7 + 14, x7:x7 + 14] = 7
-        frames.append(img)
-        if t == 0:
-            first = mask
-    return frames, first
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = dict(key_dim=8, value_dim=16, embed_dim=8, decoder_channels=[16, 16, 8])
@@ -182,7 +157,7 @@ def test_memory_is_running_mean_of_contexts() -> None:
 def test_engine_two_objects() -> None:
     torch.manual_seed(0)
     model = build_model("gam", **SMALL)
-    frames, first = synthetic_clip()
+    frames, first = two_squares_clip()
     prop = Propagator(model, device="cpu", precision="fp32", size=64)
     results = [prop.start(frames[0], first)] + [prop.step(f) for f in frames[1:]]
     for r in results:

@@ -14,34 +14,9 @@ from vostool.errors import VostoolError
 from vostool.models import build_model, get_spec, list_models, load_model, save_checkpoint
 from vostool.models.rgmp import RGMP, GlobalConvBlock
 
+from synthetic import two_squares_clip
 
-def synthetic_clip(n: int = 6, h: int = 60, w: int = 80) -> tuple[list[np.ndarray], np.ndarray]:
-    """Two moving squares (ids 3 and 7) on a textured background; frames + first mask."""
-    rng = np.random.default_rng(0)
-    bg = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-    frames, first = [], None
-    for t in range(n):
-        img = bg.copy()
-        mask = np.zeros((h, w), np.uint8)
-        y3, x3 = 8 + t, 6 + 2 * t
-        y7, x7 = 30 - t, 50 - 2 * t
-        img[y3:y3 + 16, x3:x3 + 16] = (220, 40, 40)
-        mask[y3:y3 + 16, x3:x3 + 16] = 3
-        img[y7:y7 + 14, x7:x7 + 14] = (40, 200, 60)
-        mask[y7:y7 + 14, x7:x7 + 14] = 7
-        frames.append(img)
-        if t == 0:
-            first = mask
-    return frames, first
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("backbone,size", [("mobilenet_v2", 64), ("resnet18", 64), ("resnet50", 32)])
@@ -118,7 +93,7 @@ def test_reference_encoded_once_and_soft_guidance() -> None:
 def test_engine_two_objects_and_multiscale() -> None:
     torch.manual_seed(0)
     model = build_model("rgmp", channels=[32, 16, 16])
-    frames, first = synthetic_clip()
+    frames, first = two_squares_clip()
     # The default single scale over 6 frames, then the paper's multi-scale averaging.
     for scales, n in (((1.0,), 6), ((0.5, 1.0), 3)):
         prop = Propagator(model, device="cpu", precision="fp32", size=64, scales=scales)

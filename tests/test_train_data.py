@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from vostool.errors import VostoolError
 from vostool.train.data import Augment, DavisClips, SyntheticClips, affine_matrix, find_sequences
+
+from synthetic import make_davis
 
 
 def _still_images(n: int = 4, h: int = 60, w: int = 80, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -24,30 +23,6 @@ def _still_images(n: int = 4, h: int = 60, w: int = 80, seed: int = 0) -> list[t
         img[m > 0] = (rng.integers(0, 255, 3)).astype(np.uint8)
         pairs.append((img, m))
     return pairs
-
-
-def make_davis(root: Path, seqs: int = 3, frames: int = 6, h: int = 48, w: int = 64, palette: bool = False) -> Path:
-    """A DAVIS-layout tree with a moving square per sequence (0/255 greyscale masks)."""
-    rng = np.random.default_rng(1)
-    for s in range(seqs):
-        name = f"seq{s}"
-        (root / "JPEGImages/480p" / name).mkdir(parents=True)
-        (root / "Annotations/480p" / name).mkdir(parents=True)
-        bg = (rng.random((h, w, 3)) * 120).astype(np.uint8)
-        for t in range(frames):
-            img = bg.copy()
-            m = np.zeros((h, w), np.uint8)
-            y, x = 10 + t, 12 + 2 * t + s
-            m[y:y + 16, x:x + 20] = 1
-            img[m > 0] = (200, 60 + 30 * s, 40)
-            Image.fromarray(img).save(root / "JPEGImages/480p" / name / f"{t:05d}.jpg", quality=95)
-            if palette:
-                pm = Image.fromarray(m.astype(np.uint8), mode="P")
-                pm.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
-                pm.save(root / "Annotations/480p" / name / f"{t:05d}.png")
-            else:
-                Image.fromarray(m * 255).save(root / "Annotations/480p" / name / f"{t:05d}.png")
-    return root
 
 
 # -- synthetic clips ---------------------------------------------------------------------------------

@@ -8,32 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from vostool.train import load_run
 
-
-def make_davis(root: Path, seqs: int = 3, frames: int = 5, h: int = 48, w: int = 64) -> Path:
-    rng = np.random.default_rng(1)
-    for s in range(seqs):
-        name = f"seq{s}"
-        (root / "JPEGImages/480p" / name).mkdir(parents=True)
-        (root / "Annotations/480p" / name).mkdir(parents=True)
-        bg = (rng.random((h, w, 3)) * 120).astype(np.uint8)
-        for t in range(frames):
-            img = bg.copy()
-            m = np.zeros((h, w), np.uint8)
-            m[10 + t:26 + t, 12 + 2 * t:32 + 2 * t] = 1
-            img[m > 0] = (200, 60 + 30 * s, 40)
-            Image.fromarray(img).save(root / "JPEGImages/480p" / name / f"{t:05d}.jpg")
-            Image.fromarray(m * 255).save(root / "Annotations/480p" / name / f"{t:05d}.png")
-    return root
+from synthetic import make_davis
 
 
 def test_ddp_two_cpu_processes(tmp_path):
-    data = make_davis(tmp_path / "davis")
+    data = make_davis(tmp_path / "davis", frames=5, x_step_per_seq=0, jpeg_quality=None)
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     env.pop("WORLD_SIZE", None)

@@ -16,24 +16,9 @@ from vostool.models import build_model, list_models, load_model, read_checkpoint
 from vostool.train import TrainConfig, clip_loss, export_run, load_run, train
 from vostool.train.loop import set_train_mode
 
+from synthetic import make_davis
+
 MODELS = [spec.name for spec in list_models()]
-
-
-def make_davis(root: Path, seqs: int = 3, frames: int = 6, h: int = 48, w: int = 64) -> Path:
-    rng = np.random.default_rng(1)
-    for s in range(seqs):
-        name = f"seq{s}"
-        (root / "JPEGImages/480p" / name).mkdir(parents=True)
-        (root / "Annotations/480p" / name).mkdir(parents=True)
-        bg = (rng.random((h, w, 3)) * 120).astype(np.uint8)
-        for t in range(frames):
-            img = bg.copy()
-            m = np.zeros((h, w), np.uint8)
-            m[10 + t:26 + t, 12 + 2 * t + s:32 + 2 * t + s] = 1
-            img[m > 0] = (200, 60 + 30 * s, 40)
-            Image.fromarray(img).save(root / "JPEGImages/480p" / name / f"{t:05d}.jpg", quality=95)
-            Image.fromarray(m * 255).save(root / "Annotations/480p" / name / f"{t:05d}.png")
-    return root
 
 
 def _fixed_batch(b: int = 2, t: int = 3, h: int = 64, w: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,14 +35,6 @@ def _fixed_batch(b: int = 2, t: int = 3, h: int = 64, w: int = 64) -> tuple[torc
 
 def test_every_model_is_tested():
     assert "crvos" in MODELS
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -1,0 +1,80 @@
+"""Synthetic test data shared by the model and training tests (a plain module, imported as
+``from synthetic import ...``; pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def two_squares_clip(
+    n: int = 6, h: int = 60, w: int = 80, start7: tuple[int, int] = (30, 50)
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Two moving squares (ids 3 and 7) on a textured background; frames + first mask.
+
+    ``n`` frames of ``h x w x 3`` uint8 on a fixed random background (seed 0). Object 3 is a red
+    16 x 16 square whose top-left corner starts at (y, x) = (8, 6) and moves by (+1, +2) a frame;
+    object 7 is a green 14 x 14 square starting at ``start7`` = (y, x) and moving by (-1, -2) a
+    frame (drawn over object 3). Returns the frames and the ``h x w`` uint8 id mask of frame 0.
+    """
+    y0, x0 = start7
+    rng = np.random.default_rng(0)
+    bg = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    frames, first = [], None
+    for t in range(n):
+        img = bg.copy()
+        mask = np.zeros((h, w), np.uint8)
+        y3, x3 = 8 + t, 6 + 2 * t
+        y7, x7 = y0 - t, x0 - 2 * t
+        img[y3:y3 + 16, x3:x3 + 16] = (220, 40, 40)
+        mask[y3:y3 + 16, x3:x3 + 16] = 3
+        img[y7:y7 + 14, x7:x7 + 14] = (40, 200, 60)
+        mask[y7:y7 + 14, x7:x7 + 14] = 7
+        frames.append(img)
+        if t == 0:
+            first = mask
+    return frames, first
+
+
+def make_davis(
+    root: Path,
+    seqs: int = 3,
+    frames: int = 6,
+    h: int = 48,
+    w: int = 64,
+    palette: bool = False,
+    x_step_per_seq: int = 1,
+    jpeg_quality: int | None = 95,
+) -> Path:
+    """A DAVIS-layout tree (``JPEGImages/480p/seqN``, ``Annotations/480p/seqN``) with one moving
+    16 x 20 rectangle per sequence; returns ``root``.
+
+    Sequence ``s`` (named ``seq{s}``) has ``frames`` frames on its own random background (one
+    generator, seed 1, for the whole tree); in frame ``t`` the rectangle's top-left corner is at
+    (y, x) = (10 + t, 12 + 2 t + x_step_per_seq * s) and its colour is (200, 60 + 30 s, 40).
+    Frames are JPEG at ``jpeg_quality`` (None: Pillow's default). Masks are 0/255 greyscale PNG,
+    or with ``palette`` 0/1 palette PNG.
+    """
+    save_kw = {} if jpeg_quality is None else {"quality": jpeg_quality}
+    rng = np.random.default_rng(1)
+    for s in range(seqs):
+        name = f"seq{s}"
+        (root / "JPEGImages/480p" / name).mkdir(parents=True)
+        (root / "Annotations/480p" / name).mkdir(parents=True)
+        bg = (rng.random((h, w, 3)) * 120).astype(np.uint8)
+        for t in range(frames):
+            img = bg.copy()
+            m = np.zeros((h, w), np.uint8)
+            y, x = 10 + t, 12 + 2 * t + x_step_per_seq * s
+            m[y:y + 16, x:x + 20] = 1
+            img[m > 0] = (200, 60 + 30 * s, 40)
+            Image.fromarray(img).save(root / "JPEGImages/480p" / name / f"{t:05d}.jpg", **save_kw)
+            if palette:
+                pm = Image.fromarray(m.astype(np.uint8), mode="P")
+                pm.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+                pm.save(root / "Annotations/480p" / name / f"{t:05d}.png")
+            else:
+                Image.fromarray(m * 255).save(root / "Annotations/480p" / name / f"{t:05d}.png")
+    return root
