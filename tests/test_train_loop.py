@@ -57,6 +57,32 @@ def test_training_steps_reduce_loss(name, one_thread):
     assert after < before, (name, before, after)
 
 
+def test_zero_shot_steps_reduce_loss_and_freeze_backbone(one_thread):
+    from vostool.errors import VostoolError
+    from vostool.train.loop import freeze_backbones
+
+    torch.manual_seed(0)
+    model = build_model("rvos", "mobilenet_v2", pretrained=False)
+    set_train_mode(model, freeze_bn=True)
+    frozen = freeze_backbones(model)
+    assert frozen == sum(p.numel() for p in model.encoder.parameters()) > 0
+    frames, masks = _fixed_batch()
+    masks[1][masks[1] == 1] = 2  # instance ids, matched to slots whatever their values
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with torch.no_grad():
+        before = float(clip_loss(model, frames, masks, zero_shot=True, slots=2))
+    for _ in range(5):
+        loss = clip_loss(model, frames, masks, zero_shot=True, slots=2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    with torch.no_grad():
+        assert float(clip_loss(model, frames, masks, zero_shot=True, slots=2)) < before
+    with pytest.raises(VostoolError, match="no zero-shot mode"):
+        clip_loss(build_model("crvos", "mobilenet_v2"), frames, masks, zero_shot=True)
+
+
 def _tiny_cfg(tmp_path: Path, out: str, iters: int) -> TrainConfig:
     return TrainConfig(
         model="crvos", backbone="mobilenet_v2", pretrained=False, stage="video",

@@ -64,6 +64,9 @@ def train_command(
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="ImageNet backbone weights.")] = True,
     freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--train-bn", help="Keep the backbone's BatchNorm statistics frozen (default) or update them.")] = None,
     freeze_backbone: Annotated[Optional[bool], typer.Option("--freeze-backbone/--train-backbone", help="Train without gradients through the image encoder (much faster on CPUs) or train it too (default).")] = None,
+    train_stages: Annotated[Optional[str], typer.Option(help="With --freeze-backbone: backbone stages that still learn, e.g. s16.")] = None,
+    zero_shot: Annotated[Optional[bool], typer.Option("--zero-shot/--one-shot", help="rvos: train the zero-shot decoder (instances matched to slots) instead of the one-shot one.")] = None,
+    slots: Annotated[Optional[int], typer.Option(help="Zero-shot: instance slots per clip.")] = None,
     val_sequences: Annotated[Optional[str], typer.Option(help="Held-out sequences of --data for validation, comma-separated.")] = None,
     val_every: Annotated[Optional[int], typer.Option(help="Validate every N iterations (and at the end).")] = None,
     val_size: Annotated[Optional[int], typer.Option(help="Validation inference short side (default: training height).")] = None,
@@ -110,7 +113,9 @@ def _run(**o) -> None:
         val_sequences=[s for s in o["val_sequences"].split(",") if s] if o["val_sequences"] is not None else None,
         val_every=o["val_every"], val_size=o["val_size"], ckpt_every_min=o["ckpt_every_min"],
         max_minutes=o["max_minutes"], seed=o["seed"], threads=o["threads"], num_workers=o["workers"],
-        log_every=o["log_every"], freeze_bn=o["freeze_bn"], freeze_backbone=o["freeze_backbone"], init=str(o["init"]) if o["init"] else None,
+        log_every=o["log_every"], freeze_bn=o["freeze_bn"], freeze_backbone=o["freeze_backbone"],
+        train_stages=[t for t in o["train_stages"].split(",") if t] if o["train_stages"] else None,
+        zero_shot=o["zero_shot"], slots=o["slots"], init=str(o["init"]) if o["init"] else None,
     )
     command = recorded_command()
     if o["resume"]:

@@ -54,6 +54,10 @@ class Backbone(nn.Module):
 
     channels: dict[str, int]
 
+    def stages(self) -> dict[str, list[nn.Module]]:
+        """The modules that compute each output, by stride name, input side first."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
@@ -110,6 +114,9 @@ class ResNetBackbone(Backbone):
         self.layer4 = net.layer4 if depth == 50 else nn.Identity()
         self.channels = {"s4": widths[0], "s8": widths[1], "s16": widths[2]}
 
+    def stages(self) -> dict[str, list[nn.Module]]:
+        return {"s4": [self.conv1, self.bn1, self.layer1], "s8": [self.layer2], "s16": [self.layer3, self.layer4]}
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         s4 = self.layer1(x)
@@ -141,6 +148,9 @@ class MobileNetV2Backbone(Backbone):
         self.stage8 = feats[4:7]
         self.stage16 = feats[7:18]
         self.channels = {"s4": 24, "s8": 32, "s16": 320}
+
+    def stages(self) -> dict[str, list[nn.Module]]:
+        return {"s4": [self.stage4], "s8": [self.stage8], "s16": [self.stage16]}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         s4 = self.stage4(x)

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +79,9 @@ class TrainConfig:
     grad_clip: float = 5.0
     freeze_bn: bool = True             # keep the backbone's BatchNorm statistics (small batches)
     freeze_backbone: bool = False      # train only the rest: no gradient through the image encoder
+    train_stages: list[str] = field(default_factory=list)  # with freeze_backbone: stages still trained (e.g. s16)
+    zero_shot: bool = False            # RVOS: train the zero-shot (unsupervised) decoder
+    slots: int = 3                     # zero-shot: instance slots per clip
     precision: str = "auto"
     device: str = "auto"
     channels_last: bool = True
@@ -183,16 +186,24 @@ def init_distributed(device: torch.device) -> Dist:
 class ClipLoss(nn.Module):
     """``forward(frames, masks) -> loss``: the model's own training loss over a clip."""
 
-    def __init__(self, model: VOSModel) -> None:
+    def __init__(self, model: VOSModel, zero_shot: bool = False, slots: int = 3) -> None:
         super().__init__()
         self.model = model
+        self.zero_shot, self.slots = zero_shot, slots
 
     def forward(self, frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return clip_loss(self.model, frames, masks)
+        return clip_loss(self.model, frames, masks, self.zero_shot, self.slots)
 
 
-def clip_loss(model: VOSModel, frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """frames ``B x T x 3 x H x W``, masks ``B x T x H x W`` long {0, 1, 255}."""
+def clip_loss(
+    model: VOSModel, frames: torch.Tensor, masks: torch.Tensor, zero_shot: bool = False, slots: int = 3,
+) -> torch.Tensor:
+    """frames ``B x T x 3 x H x W``, masks ``B x T x H x W`` long {0, 1, 255} (zero-shot:
+    instance ids, matched to the model's slots)."""
+    if zero_shot:
+        if not model.supports_zero_shot:
+            raise VostoolError(f"model '{model.name}' has no zero-shot mode (only rvos)")
+        return model.training_loss_zero_shot(frames, masks, slots)  # type: ignore[attr-defined]
     if hasattr(model, "training_loss"):
         return model.training_loss(frames, masks)  # type: ignore[attr-defined]
     first = (masks[:, :1] == 1).to(frames.dtype)
@@ -219,11 +230,12 @@ def set_train_mode(model: nn.Module, freeze_bn: bool = True) -> None:
                         bn.eval()
 
 
-def freeze_backbones(model: nn.Module) -> int:
+def freeze_backbones(model: nn.Module, keep: Sequence[str] = ()) -> int:
     """Stop gradients at every ImageNet backbone whose input needs none (the frame
-    encoders); a backbone that also takes a mask channel keeps learning. Returns the
-    number of parameters frozen. Without gradients through the encoder, a CPU training
-    step costs about the forward pass alone."""
+    encoders); a backbone that also takes a mask channel keeps learning. ``keep`` names
+    stages that still learn (``"s16"``: the low-resolution blocks, cheap to back-propagate
+    through). Returns the number of parameters frozen. Without gradients through the
+    encoder, a CPU training step costs about the forward pass alone."""
     from vostool.models.backbones import Backbone
 
     frozen = 0
@@ -232,8 +244,9 @@ def freeze_backbones(model: nn.Module) -> int:
             first = next(m for m in mod.modules() if isinstance(m, nn.Conv2d))
             if first.in_channels != 3:
                 continue
+            kept = {id(p) for name in keep for m in mod.stages()[name] for p in m.parameters()}
             for p in mod.parameters():
-                if p.requires_grad:
+                if p.requires_grad and id(p) not in kept:
                     p.requires_grad_(False)
                     frozen += p.numel()
     return frozen
@@ -261,7 +274,7 @@ def build_dataset(cfg: TrainConfig, rank: int = 0) -> torch.utils.data.Dataset:
         if not cfg.images:
             raise VostoolError("stage 'pretrain' trains on synthetic clips from still images: give --images")
         return SyntheticClips(cfg.images, size=cfg.size, clip_len=cfg.resolved_clip_len(), seed=seed,
-                              augment=aug, max_objects=cfg.max_objects)
+                              augment=aug, max_objects=cfg.max_objects, return_ids=cfg.zero_shot)
     if cfg.stage == "video":
         if not cfg.data:
             raise VostoolError("stage 'video' trains on DAVIS-layout videos: give --data")
@@ -502,7 +515,7 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
         model = model.to(memory_format=torch.channels_last)
     set_train_mode(model, cfg.freeze_bn)
     if cfg.freeze_backbone:
-        freeze_backbones(model)
+        freeze_backbones(model, keep=cfg.train_stages)
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -526,7 +539,7 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
             _set_rng_state(ck["rng"])
     commands = commands + [cfg.command] if cfg.command and (not commands or commands[-1] != cfg.command) else commands
 
-    wrapped: nn.Module = ClipLoss(model)
+    wrapped: nn.Module = ClipLoss(model, cfg.zero_shot, cfg.slots)
     if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
