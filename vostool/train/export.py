@@ -42,6 +42,14 @@ def export_run(src: str | Path, dst: str | Path, fp16: bool | None = None, size:
     save_checkpoint(model, dst, half=half, extra={"size": infer_size, "commands": json.dumps(commands)})
     history = ck.get("val_history") or []
     last_val = history[-1] if history else None
+    if cfg.val_sequences and cfg.data and (last_val is None or last_val.get("iteration") != ck.get("iteration")):
+        # The run stopped between validations: score exactly the weights being shipped.
+        from vostool.engine.device import resolve_device, resolve_precision
+        from vostool.train.loop import validate
+
+        device = resolve_device("cpu")
+        last_val = dict(validate(model, cfg, device, resolve_precision("auto", device)),
+                        iteration=int(ck.get("iteration", 0)))
     best = ck.get("best")
     card = {
         "model": cfg.model,

@@ -614,6 +614,7 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
             dist.barrier()
 
     prev_handler = None
+    timed_out = False
     if dist_info.main and hasattr(signal, "SIGTERM"):
         try:
             prev_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -661,8 +662,9 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
                 last_ckpt = time.time()
             if cfg.max_minutes and (elapsed_before + now - t0) / 60 >= cfg.max_minutes and it < cfg.iters:
                 rep.line(f"time limit of {cfg.max_minutes} min reached at iteration {it}")
+                timed_out = True
                 break
-        if it >= cfg.iters and it > start_it:
+        if it > start_it and (it >= cfg.iters or timed_out):
             run_validation(it)
         save(it)
     except KeyboardInterrupt:
