@@ -79,6 +79,159 @@ def autocast(device: torch.device, precision: str) -> ContextManager[object]:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask and the cgroup CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    for path in ("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"):
+        try:
+            with open(path) as f:
+                parts = f.read().split()
+        except OSError:
+            continue
+        try:
+            if path.endswith("cpu.max") and parts and parts[0] != "max":
+                n = min(n, max(1, int(int(parts[0]) / int(parts[1]) + 0.5)))
+            elif path.endswith("quota_us") and parts and int(parts[0]) > 0:
+                with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+                    n = min(n, max(1, int(int(parts[0]) / int(f.read()) + 0.5)))
+        except (ValueError, IndexError, OSError, ZeroDivisionError):
+            pass
+        break
+    return max(1, n)
+
+
+_CPU_THREADS: int | None = None
+
+
+def configure_cpu() -> int:
+    """Set up CPU inference once per process; returns the most intra-op threads to use.
+
+    - threads: ``$VOSTOOL_THREADS`` if set; otherwise torch's default (one per core)
+      unless that exceeds the CPUs the process may use (affinity, cgroup quota: a
+      container on a large host), which oversubscribes and stalls every parallel op;
+    - denormal floats flushed to zero (they can slow convolutions down 10x or more).
+    """
+    global _CPU_THREADS
+    if _CPU_THREADS is None:
+        torch.set_flush_denormal(True)
+        env = os.environ.get("VOSTOOL_THREADS", "").strip()
+        if env.isdigit() and int(env) > 0:
+            torch.set_num_threads(int(env))
+        elif torch.get_num_threads() > available_cpus():
+            torch.set_num_threads(available_cpus())
+        _CPU_THREADS = torch.get_num_threads()
+    return _CPU_THREADS
+
+
+class ThreadGovernor:
+    """Keeps the intra-op thread count that gives the fastest frames on a shared CPU.
+
+    On a CPU that other processes (or vostool's own decoding and writing threads) also
+    use, every parallel op waits for its slowest thread: with as many threads as cores
+    a frame can take 3-30x longer than with fewer. The governor runs at ``max_threads``,
+    now and then times a few frames at the other counts (``max/2`` on 4+ cores, 1) and
+    keeps the faster (medians, so the slower first frame after a switch does not
+    decide); a count that lost is probed less and less often (exponential back-off), a
+    probe that is clearly slower stops after one frame, and every count is probed again
+    soon when the frames get much slower (the load changed). Masks do not depend on the
+    thread count.
+    """
+
+    PROBE_FRAMES = 3      # frames per probe (their median is compared)
+    KEEP = 5              # recent frames at the chosen count (their median is compared)
+    BASE_INTERVAL = 24    # frames between probes of a count, doubled each time it loses
+    MAX_INTERVAL = 768
+
+    def __init__(self, max_threads: int) -> None:
+        self.max = max(1, int(max_threads))
+        options = {self.max, 1}
+        if self.max >= 4:
+            options.add(self.max // 2)
+        self.options = sorted(options, reverse=True)
+        self.best = self.max
+        self.recent: dict[int, list[float]] = {n: [] for n in self.options}
+        self.interval = {n: self.BASE_INTERVAL for n in self.options}
+        # the first probe comes early: a loaded machine shows at once
+        self.since = {n: self.BASE_INTERVAL - 2 for n in self.options}
+        self.probe: int | None = None
+        self.probe_left = 0
+        self.reference: float | None = None
+        #: frames run at each thread count
+        self.used: dict[int, int] = {n: 0 for n in self.options}
+
+    @property
+    def threads(self) -> int:
+        """The count the next frame runs with."""
+        return self.probe if self.probe is not None else self.best
+
+    def begin(self) -> None:
+        """Before a frame: apply the count to use."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def end(self, seconds: float) -> None:
+        """After a frame: record its wall time and decide what the next frames use."""
+        n = self.threads
+        self.used[n] += 1
+        if self.probe is not None:
+            self.recent[n].append(seconds)
+            best = _median(self.recent[self.best])
+            self.probe_left -= 1
+            if best is not None and seconds > 4 * best:  # clearly worse: stop probing now
+                self.probe_left = 0
+            if self.probe_left <= 0:
+                self._decide()
+            return
+        self.recent[n] = (self.recent[n] + [seconds])[-self.KEEP:]
+        now = _median(self.recent[n])
+        if len(self.recent[n]) >= 3:
+            if self.reference is None:
+                self.reference = now
+            elif now is not None and now > 1.5 * self.reference:
+                for alt in self.options:  # much slower than before: look again now
+                    self.interval[alt] = self.BASE_INTERVAL
+                    self.since[alt] = self.BASE_INTERVAL
+                self.reference = now
+        for alt in self.options:
+            if alt != self.best:
+                self.since[alt] += 1
+        due = [alt for alt in self.options if alt != self.best and self.since[alt] >= self.interval[alt]]
+        if due:
+            self.probe, self.probe_left = due[0], self.PROBE_FRAMES
+            self.recent[self.probe] = []
+
+    def _decide(self) -> None:
+        alt, self.probe = self.probe, None
+        assert alt is not None
+        self.since[alt] = 0
+        a, b = _median(self.recent[alt]), _median(self.recent[self.best])
+        if a is not None and b is not None and a < 0.9 * b:
+            self.interval[self.best] = self.BASE_INTERVAL
+            self.since[self.best] = 0
+            self.recent[self.best] = []
+            self.best, self.reference = alt, a
+        else:
+            self.interval[alt] = min(self.interval[alt] * 2, self.MAX_INTERVAL)
+            self.recent[alt] = []
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def threads_fixed() -> bool:
+    """True when the thread count was fixed by ``$VOSTOOL_THREADS``."""
+    env = os.environ.get("VOSTOOL_THREADS", "").strip()
+    return env.isdigit() and int(env) > 0
+
+
 def device_name(device: torch.device) -> str:
     """Human-readable device name for reports."""
     if device.type == "cuda":
@@ -95,5 +248,5 @@ def device_name(device: torch.device) -> str:
                         break
         except OSError:
             pass
-        return f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+        return f"CPU ({cpu}, {available_cpus()} CPUs)"
     return device.type

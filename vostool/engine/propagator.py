@@ -12,24 +12,281 @@ returns :class:`~vostool.types.FrameResult` at the source resolution. Inside it:
 - optionally averages several input scales (``scales``), each with its own state.
 
 Its memory is constant in video length: it holds one frame and the model's state.
+
+Speed (measured with ``vostool bench``; see :mod:`vostool.bench`):
+
+- the model's backbones run as inference copies with every BatchNorm folded into the
+  convolution before it, their convolution weights pre-cast to the autocast dtype; the
+  copies are swapped in only while the engine runs the model, so the model object (its
+  weights, its state dict, its attributes) is never changed and can go on training;
+- on the CPU a resize of the input frame runs on uint8 (8x faster than on floats);
+- the object index is found by K comparisons (``argmax(0)`` over the object dimension
+  is 10-100x slower on CPUs), kept in uint8 and mapped to ids by a cached table;
+- on CUDA: cuDNN autotuning, frames staged in pinned memory and copied asynchronously.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import math
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from vostool.engine.device import autocast, device_name, resolve_device, resolve_precision
+from vostool.engine.device import (
+    ThreadGovernor, autocast, configure_cpu, device_name, resolve_device, resolve_precision, threads_fixed,
+)
 from vostool.errors import VostoolError
-from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from vostool.models.base import Features, State, VOSModel
 from vostool.models.blocks import soft_aggregate
 from vostool.types import Frame, FrameResult
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+# -- inference copies of the backbones ------------------------------------------------------
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
+    """Fold eval-mode ``bn`` (applied right after ``conv``) into ``conv``. False if it can't."""
+    if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
+        return False
+    if bn.running_mean is None or bn.running_var is None or conv.out_channels != bn.num_features:
+        return False
+    with torch.no_grad():
+        w = conv.weight.detach()
+        scale = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
+        shift = -bn.running_mean.detach().double() * scale
+        if bn.affine:
+            gamma = bn.weight.detach().double()
+            scale, shift = scale * gamma, shift * gamma + bn.bias.detach().double()
+        bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
+        new_w = (w.double() * scale.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
+        conv.weight = nn.Parameter(new_w.contiguous(memory_format=_memory_format(w)), requires_grad=False)
+        conv.bias = nn.Parameter((bias * scale + shift).to(w.dtype), requires_grad=False)
+    return True
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _conv_bn_pairs(module: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
+    """(parent, conv name, bn name) of each BatchNorm2d that directly follows a Conv2d:
+    consecutive entries of a Sequential, and torchvision ResNet's ``convN``/``bnN``."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    from vostool.models.backbones import ResNetBackbone
+
+    for sub in module.modules():
+        if isinstance(sub, nn.Sequential) and type(sub).forward is nn.Sequential.forward:
+            names = list(sub._modules)
+            for a, b in zip(names, names[1:]):
+                yield sub, a, b
+        if type(sub) in (BasicBlock, Bottleneck, ResNetBackbone):
+            for i in (1, 2, 3):
+                if f"conv{i}" in sub._modules and f"bn{i}" in sub._modules:
+                    yield sub, f"conv{i}", f"bn{i}"
+
+
+def fold_batchnorm(
+    module: nn.Module, dtype: torch.dtype | None = None, fuse_activations: bool = False,
+) -> nn.Module:
+    """An inference copy of eval-mode ``module``: each BatchNorm2d right after a Conv2d is
+    folded into it (replaced by ``nn.Identity``); with ``dtype`` the Conv2d/Linear weights
+    are cast to it (what autocast would do on every call); with ``fuse_activations``
+    (CPU) a Conv2d followed by ReLU/ReLU6 in a Sequential runs as one oneDNN call, kept
+    only if it gives the same features as the unfused copy. ``module`` is not changed."""
+    fused = copy.deepcopy(module).eval()
+    for parent, conv_name, bn_name in list(_conv_bn_pairs(fused)):
+        conv, bn = parent._modules[conv_name], parent._modules[bn_name]
+        if conv is not None and bn is not None and _fold_into(conv, bn):
+            parent._modules[bn_name] = nn.Identity()
+    if dtype is not None:
+        for sub in fused.modules():
+            if type(sub) in (nn.Conv2d, nn.Linear):
+                sub.weight.data = sub.weight.data.to(dtype)
+                if sub.bias is not None:
+                    sub.bias.data = sub.bias.data.to(dtype)
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    if fuse_activations and _ConvAct.available():
+        candidate = _fuse_conv_act(copy.deepcopy(fused))
+        if candidate is not None and _same_features(fused, candidate, dtype):
+            fused = candidate
+    return fused
+
+
+class _ConvAct(nn.Module):
+    """``act(conv(x))`` for ReLU/ReLU6 as one oneDNN convolution with a post-op (CPU
+    only; elsewhere, or with autograd, the two modules run as before). The input is cast
+    to the weights' dtype, as autocast would."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module, attr: str, scalars: list[float]) -> None:
+        super().__init__()
+        self.conv, self.act, self.attr, self.scalars = conv, act, attr, scalars
+        self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+
+    @staticmethod
+    def available() -> bool:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+    @staticmethod
+    def kind(conv: nn.Module, act: nn.Module) -> tuple[str, list[float]] | None:
+        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            return None
+        if type(act) is nn.ReLU:
+            return "relu", []
+        if type(act) is nn.ReLU6:
+            return "hardtanh", [0.0, 6.0]
+        if type(act) is nn.Hardtanh:
+            return "hardtanh", [float(act.min_val), float(act.max_val)]
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.conv.weight
+        if x.device.type != "cpu" or w.device.type != "cpu" or torch.is_grad_enabled() or x.dim() != 4:
+            return self.act(self.conv(x))
+        if x.dtype != w.dtype:
+            x = x.to(w.dtype)
+        return torch.ops.mkldnn._convolution_pointwise(x, w, self.conv.bias, *self.args, self.attr,
+                                                       self.scalars, "")
+
+
+def _fuse_conv_act(module: nn.Module) -> nn.Module | None:
+    """Replace [Conv2d, Identity*, ReLU/ReLU6] runs of plain Sequentials by :class:`_ConvAct`."""
+    count = 0
+    for sub in list(module.modules()):
+        if not (isinstance(sub, nn.Sequential) and type(sub).forward is nn.Sequential.forward):
+            continue
+        names = list(sub._modules)
+        for i, name in enumerate(names):
+            conv = sub._modules[name]
+            j = i + 1
+            while j < len(names) and type(sub._modules[names[j]]) is nn.Identity:
+                j += 1
+            if j >= len(names):
+                continue
+            act = sub._modules[names[j]]
+            kind = _ConvAct.kind(conv, act) if conv is not None and act is not None else None
+            if kind is not None:
+                sub._modules[name] = _ConvAct(conv, act, *kind)
+                sub._modules[names[j]] = nn.Identity()
+                count += 1
+    return module if count else None
+
+
+def _same_features(a: nn.Module, b: nn.Module, dtype: torch.dtype | None) -> bool:
+    """Whether two inference copies give the same outputs on a small random input."""
+    try:
+        first = next(m for m in a.modules() if isinstance(m, nn.Conv2d))
+        p = next(a.parameters())
+        x = torch.randn(1, first.in_channels, 64, 96, generator=torch.Generator().manual_seed(0)).to(p.device)
+        if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = (torch.autocast(device_type=p.device.type, dtype=dtype) if dtype is not None
+               else contextlib.nullcontext())
+        with torch.inference_mode(), ctx:
+            ya, yb = a(x), b(x)
+        ya = ya if isinstance(ya, dict) else {"out": ya}
+        yb = yb if isinstance(yb, dict) else {"out": yb}
+        tol = 1e-4 if dtype is None else 3e-2
+        return ya.keys() == yb.keys() and all(
+            ya[k].shape == yb[k].shape and torch.allclose(ya[k].float(), yb[k].float(), rtol=tol, atol=tol)
+            for k in ya)
+    except Exception:
+        return False
+
+
+def _fingerprint(module: nn.Module) -> int:
+    """Changes when any weight or buffer is replaced or updated in place."""
+    return hash(tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in
+                      [*module.parameters(), *module.buffers()]))
+
+
+class _FastBackbones:
+    """Swaps the model's backbones for folded inference copies while the engine runs.
+
+    The copies are (re)built when the originals' weights change, so a model that goes on
+    training between videos is always served its current weights.
+    """
+
+    def __init__(
+        self, model: nn.Module, dtype: torch.dtype | None, memory_format: torch.memory_format | None,
+        fuse_activations: bool = False,
+    ) -> None:
+        self.model = model
+        self.dtype, self.memory_format, self.fuse_activations = dtype, memory_format, fuse_activations
+        self.copies: dict[int, tuple[int, nn.Module]] = {}
+        self.depth = 0
+        self.slots = self._scan()
+
+    def _scan(self) -> list[tuple[nn.Module, str, nn.Module]]:
+        """(parent, attribute, backbone) of every outermost Backbone of the model."""
+        tops = [m for m in self.model.modules() if isinstance(m, Backbone)]
+        inner = {id(c) for m in tops for c in m.modules() if c is not m}
+        top_ids = {id(m) for m in tops if id(m) not in inner}
+        return [(parent, name, child) for parent in self.model.modules()
+                for name, child in parent._modules.items() if id(child) in top_ids]
+
+    def refresh(self) -> None:
+        """Build (or rebuild, if the weights changed) the inference copies."""
+        if any(parent._modules.get(name) is not original for parent, name, original in self.slots):
+            self.slots = self._scan()  # a backbone was replaced since
+            self.copies.clear()
+        with torch.inference_mode(False), torch.no_grad():
+            for _, _, original in self.slots:
+                fp = _fingerprint(original)
+                cached = self.copies.get(id(original))
+                if cached is None or cached[0] != fp:
+                    fused = fold_batchnorm(original, self.dtype, fuse_activations=self.fuse_activations)
+                    if self.memory_format is not None:
+                        fused = fused.to(memory_format=self.memory_format)
+                    self.copies[id(original)] = (fp, fused)
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        if self.depth:  # nested call: already swapped
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+            return
+        if any(id(c) not in self.copies or p._modules.get(n) is not c for p, n, c in self.slots):
+            self.refresh()
+        for parent, name, original in self.slots:
+            parent._modules[name] = self.copies[id(original)][1]
+        self.depth = 1
+        try:
+            yield
+        finally:
+            self.depth = 0
+            for parent, name, original in self.slots:
+                parent._modules[name] = original
+
+
+def _fast(method: _F) -> _F:
+    """Run a method with the backbones swapped for their inference copies."""
+
+    @functools.wraps(method)
+    def wrapper(self: Propagator, *args: Any, **kwargs: Any) -> Any:
+        if self._fast is None:
+            return method(self, *args, **kwargs)
+        with self._fast.swapped():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -56,12 +313,19 @@ class Propagator:
         scales: input scales averaged at every frame (RGMP's multi-scale inference).
         channels_last: run convolutions in NHWC (faster with oneDNN and cuDNN).
         max_objects: objects to discover in zero-shot mode (models that support it).
+        fold_batchnorm: run the backbones as inference copies with BatchNorm folded into
+            the convolutions (and weights pre-cast to the autocast dtype); the model
+            itself is left untouched.
+        threads: CPU intra-op threads. None: adaptive (:class:`ThreadGovernor`: the
+            fastest of all cores / fewer on a CPU shared with other work, applied during
+            each ``step`` only), unless ``$VOSTOOL_THREADS`` fixes the count. A number
+            sets torch's thread count to it.
     """
 
     def __init__(
         self, model: VOSModel, device: str | torch.device = "auto", precision: str = "auto",
         size: int | None = 480, scales: Iterable[float] = (1.0,), channels_last: bool = True,
-        max_objects: int = 5,
+        max_objects: int = 5, fold_batchnorm: bool = True, threads: int | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -75,11 +339,36 @@ class Propagator:
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        #: adapts the CPU thread count frame by frame (None: fixed or not on the CPU)
+        self.governor: ThreadGovernor | None = None
+        if self.device.type == "cpu":
+            most = configure_cpu()
+            if threads is not None:
+                if threads < 1:
+                    raise VostoolError("threads must be at least 1")
+                torch.set_num_threads(int(threads))
+            elif not threads_fixed() and most > 1:
+                self.governor = ThreadGovernor(most)
+            else:
+                torch.set_num_threads(most)
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed frame size: autotune once
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
         self.object_ids: list[int] = []
         self._lanes: list[_Lane] = []
         self._src: tuple[int, int] | None = None
+        self._lut: tuple[tuple[int, ...], np.ndarray] = ((), np.zeros(1, np.uint8))
+        self._pinned: torch.Tensor | None = None
+        self._h2d_done: Any = None
+        self._fast: _FastBackbones | None = None
+        if fold_batchnorm:
+            cast = None
+            if self.precision != "fp32" and self.device.type in ("cpu", "cuda"):
+                cast = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            fast = _FastBackbones(self.model, cast, torch.channels_last if self.channels_last else None,
+                                  fuse_activations=self.device.type == "cpu")
+            self._fast = fast if fast.slots else None
 
     # -- public API -------------------------------------------------------------------
     @torch.inference_mode()
@@ -87,6 +376,12 @@ class Propagator:
         """Begin a video. image: ``H x W x 3`` uint8; masks: ``H x W`` int object ids
         (0 = background), or None for zero-shot models. Returns frame 0's result (the
         given mask itself in semi-supervised mode)."""
+        if self._fast is not None:
+            self._fast.refresh()  # the model's weights may have changed since the last video
+        return self._start(image, masks)
+
+    @_fast
+    def _start(self, image: np.ndarray, masks: np.ndarray | None) -> FrameResult:
         h, w = image.shape[:2]
         self._src = (h, w)
         self._lanes = [self._make_lane(h, w, s) for s in self.scales]
@@ -96,8 +391,23 @@ class Propagator:
         return self.add_objects(image, masks, _first=True)
 
     @torch.inference_mode()
+    @_fast
     def step(self, image: np.ndarray) -> FrameResult:
         """Segment the next frame. image: ``H x W x 3`` uint8 at the source size."""
+        gov = self.governor
+        if gov is None:
+            return self._step(image)
+        caller = torch.get_num_threads()
+        gov.begin()
+        t0 = time.perf_counter()
+        try:
+            return self._step(image)
+        finally:
+            gov.end(time.perf_counter() - t0)
+            if torch.get_num_threads() != caller:  # the caller's count for whatever runs next
+                torch.set_num_threads(caller)
+
+    def _step(self, image: np.ndarray) -> FrameResult:
         self._check_frame(image)
         if not self.object_ids:
             return self._empty_result()
@@ -108,6 +418,7 @@ class Propagator:
         return self._result(merged)
 
     @torch.inference_mode()
+    @_fast
     def add_objects(self, image: np.ndarray, masks: np.ndarray, _first: bool = False) -> FrameResult:
         """Add or correct objects at this frame. ``masks``: ``H x W`` ids; every id in it
         is (re)started from its mask here, other objects go on being propagated."""
@@ -179,12 +490,34 @@ class Propagator:
             raise VostoolError(f"frame size {image.shape[1]}x{image.shape[0]} changed mid-video "
                                f"(started at {self._src[1]}x{self._src[0]})")
 
+    def _upload(self, image: np.ndarray) -> torch.Tensor:
+        """``H x W x 3`` image -> ``1 x 3 x H x W`` on the device (NHWC strides, same dtype)."""
+        x = torch.from_numpy(np.ascontiguousarray(image))
+        if self.device.type == "cuda":
+            if self._pinned is None or self._pinned.shape != x.shape or self._pinned.dtype != x.dtype:
+                self._pinned = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            elif self._h2d_done is not None:
+                self._h2d_done.synchronize()  # the previous copy has left the staging buffer
+            self._pinned.copy_(x)
+            x = self._pinned.to(self.device, non_blocking=True)
+            self._h2d_done = torch.cuda.Event()
+            self._h2d_done.record()
+        elif self.device.type != "cpu":
+            x = x.to(self.device)
+        return x.permute(2, 0, 1)[None]
+
     def _encode(self, image: np.ndarray, lane: _Lane) -> tuple[torch.Tensor, Features]:
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
-        x = x.permute(2, 0, 1)[None].float()
+        x = self._upload(image)
         if (lane.h, lane.w) != tuple(x.shape[-2:]):
-            x = F.interpolate(x, (lane.h, lane.w), mode="bilinear", antialias=True, align_corners=False)
-        x = (x - self._mean) / self._std
+            if x.device.type == "cpu" and x.dtype == torch.uint8:  # uint8 kernel: ~8x faster
+                x = F.interpolate(x, (lane.h, lane.w), mode="bilinear", antialias=True, align_corners=False)
+            else:
+                x = F.interpolate(x.float(), (lane.h, lane.w), mode="bilinear", antialias=True,
+                                  align_corners=False)
+        # A fresh NCHW copy, normalised in place (per-channel broadcasting on NHWC strides
+        # is ~10x slower); exactly (x - mean) / std.
+        x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        x = x.sub_(self._mean).div_(self._std)
         if (lane.ph, lane.pw) != (lane.h, lane.w):
             x = F.pad(x, (0, lane.pw - lane.w, 0, lane.ph - lane.h), mode="replicate")
         if self.channels_last:
@@ -207,7 +540,7 @@ class Propagator:
             with autocast(self.device, self.precision):
                 logits = self.model.predict(
                     self._expand_img(lane.image, k), self.model.expand_features(lane.feats, k), lane.state)
-            p = torch.softmax(logits.float(), dim=1)[:, 1:2, : lane.h, : lane.w]
+            p = torch.softmax(logits[:, :, : lane.h, : lane.w].float(), dim=1)[:, 1:2]
             out.append(p if lane is base else self._resize(p, base))
         return out[0] if len(out) == 1 else torch.stack(out).mean(0)
 
@@ -251,12 +584,38 @@ class Propagator:
         if tuple(merged.shape[-2:]) != (h, w):
             down = merged.shape[-2] > h
             merged = F.interpolate(merged[None], (h, w), mode="bilinear", antialias=down, align_corners=False)[0]
-        winner = merged.max(0).indices  # 3x faster than argmax(0) on CPU
-        lut = torch.tensor([0, *self.object_ids], device=winner.device)
-        dtype = np.uint16 if max(self.object_ids, default=0) > 255 else np.uint8
-        index = lut[winner].cpu().numpy().astype(dtype)
+        winner = self._winner(merged).cpu().numpy()
+        index = self._id_table()[winner]  # channel -> object id
         probs = (merged[1:] * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
         return FrameResult(index=index, probs=probs, object_ids=list(self.object_ids))
+
+    @staticmethod
+    def _winner(merged: torch.Tensor) -> torch.Tensor:
+        """``merged.argmax(0)`` (the first maximum wins ties) as uint8 (int32 past 255
+        objects), by K comparisons: 10-20x faster on CPUs than ``argmax(0)``/``max(0)``,
+        whose reduction over the outer dimension is slow."""
+        k = merged.shape[0]
+        dtype = torch.uint8 if k <= 256 else torch.int32
+        if k == 1:
+            return torch.zeros(merged.shape[1:], dtype=dtype, device=merged.device)
+        best, index = merged[0], None
+        for c in range(1, k):
+            gt = torch.gt(merged[c], best)
+            if index is None:
+                index = gt.to(dtype)
+            else:
+                index.mul_(gt.logical_not()).add_(gt.to(dtype), alpha=c)
+            if c < k - 1:
+                best = torch.maximum(best, merged[c])
+        return index
+
+    def _id_table(self) -> np.ndarray:
+        """Channel -> object id lookup table (cached while the objects do not change)."""
+        ids = tuple(self.object_ids)
+        if self._lut[0] != ids or len(self._lut[1]) != len(ids) + 1:
+            dtype = np.uint16 if max(ids, default=0) > 255 else np.uint8
+            self._lut = (ids, np.array([0, *ids], dtype=dtype))
+        return self._lut[1]
 
     def _empty_result(self) -> FrameResult:
         h, w = self._src

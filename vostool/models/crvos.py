@@ -103,4 +103,6 @@ class CRVOS(VOSModel):
 
 
 def _up(x: torch.Tensor, factor: int) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    # 2-channel maps: fp32 NCHW is both more precise and several times faster on CPUs
+    # than bf16 channels_last.
+    return F.interpolate(x.float().contiguous(), scale_factor=factor, mode="bilinear", align_corners=False)
