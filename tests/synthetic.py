@@ -78,3 +78,27 @@ def make_davis(
             else:
                 Image.fromarray(m * 255).save(root / "Annotations/480p" / name / f"{t:05d}.png")
     return root
+
+
+def clip_forward_backward(name: str, backbone: str, size: int):
+    """Build model ``name``, run ``forward_clip`` on a random 2 x 3-frame clip of size x size
+    and back-propagate its loss; checks shapes and that the loss and every gradient are
+    finite. Returns the model so the caller can check which parameters learned."""
+    import torch
+
+    from vostool.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, backbone=backbone).train()
+    frames = torch.randn(2, 3, 3, size, size)
+    first = (torch.rand(2, 1, size, size) > 0.5).float()
+    logits = model.forward_clip(frames, first)
+    assert logits.shape == (2, 2, 2, size, size)
+    target = (torch.rand(2, 2, size, size) > 0.5).long()
+    loss = model.loss(logits, target)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), pname
+    return model

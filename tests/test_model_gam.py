@@ -16,7 +16,7 @@ from vostool.models.gam import (
     GAM, ChannelAttention, MaskEmbedding, distribute, global_context, update_global,
 )
 
-from synthetic import two_squares_clip
+from synthetic import clip_forward_backward, two_squares_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,19 +85,7 @@ def test_mask_embedding_layers() -> None:
 # -- the model -------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone,size", [("mobilenet_v2", 64), ("resnet18", 64), ("resnet50", 32)])
 def test_forward_backward(backbone: str, size: int) -> None:
-    torch.manual_seed(0)
-    model = build_model("gam", backbone=backbone).train()
-    frames = torch.randn(2, 3, 3, size, size)
-    first = (torch.rand(2, 1, size, size) > 0.5).float()
-    logits = model.forward_clip(frames, first)
-    assert logits.shape == (2, 2, 2, size, size)
-    target = (torch.rand(2, 2, size, size) > 0.5).long()
-    loss = model.loss(logits, target)
-    assert torch.isfinite(loss)
-    loss.backward()
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.isfinite(p.grad).all(), name
+    model = clip_forward_backward("gam", backbone, size)
     for p in (model.pred.weight, model.dec_in[0].weight, model.mem.layers[0][0].weight,
               model.key_proj.weight, model.cam.alpha_raw):
         assert p.grad is not None and p.grad.abs().sum() > 0

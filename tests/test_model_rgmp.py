@@ -14,26 +14,14 @@ from vostool.errors import VostoolError
 from vostool.models import build_model, get_spec, list_models, load_model, save_checkpoint
 from vostool.models.rgmp import RGMP, GlobalConvBlock
 
-from synthetic import two_squares_clip
+from synthetic import clip_forward_backward, two_squares_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("backbone,size", [("mobilenet_v2", 64), ("resnet18", 64), ("resnet50", 32)])
 def test_forward_backward(backbone: str, size: int) -> None:
-    torch.manual_seed(0)
-    model = build_model("rgmp", backbone=backbone).train()
-    frames = torch.randn(2, 3, 3, size, size)
-    first = (torch.rand(2, 1, size, size) > 0.5).float()
-    logits = model.forward_clip(frames, first)
-    assert logits.shape == (2, 2, 2, size, size)
-    target = (torch.rand(2, 2, size, size) > 0.5).long()
-    loss = model.loss(logits, target)
-    assert torch.isfinite(loss)
-    loss.backward()
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            assert torch.isfinite(p.grad).all(), name
+    model = clip_forward_backward("rgmp", backbone, size)
     for p in (model.pred.weight, model.gc.left1.weight, model.refine4.out.conv2.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
     # The extra (mask) input filter of the first convolution learns too.
