@@ -116,6 +116,49 @@ def test_resume_gives_the_same_state(tmp_path):
     assert "resuming" in log and "it 3/3" in log
 
 
+def test_weight_average_math():
+    from vostool.train.loop import WeightAverage
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    avg = WeightAverage(lin, decay=0.5)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    avg.update()  # d = min(0.5, 2/11) = 2/11: 0 -> 9/11
+    assert torch.allclose(avg.state_dict()["weight"], torch.full((1, 2), 9 / 11))
+    for _ in range(30):
+        avg.update()
+    assert torch.allclose(avg.state_dict()["weight"], torch.ones(1, 2), atol=1e-6)
+    with torch.no_grad():
+        lin.weight.fill_(3.0)
+    with avg.swapped_in():
+        assert torch.allclose(lin.weight, torch.ones(1, 2), atol=1e-6)
+    assert torch.equal(lin.weight, torch.full((1, 2), 3.0))  # raw weights restored
+
+
+def test_weight_average_is_shipped_and_resumes_exactly(tmp_path):
+    make_davis(tmp_path / "davis")
+
+    def cfg(out: str, iters: int) -> TrainConfig:
+        return dataclasses.replace(_tiny_cfg(tmp_path, out, iters), ema_decay=0.9)
+
+    train(cfg("straight", 3))
+    train(cfg("split", 2))
+    train(dataclasses.replace(cfg("split", 3), resume=True))
+    a, b = load_run(tmp_path / "straight/last.pt"), load_run(tmp_path / "split/last.pt")
+    assert a["ema_updates"] == b["ema_updates"] == 3
+    for key in ("model", "train_model"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    # the shipped weights are the average, not the last step's weights
+    differs = [k for k in a["model"] if a["model"][k].is_floating_point()
+               and not torch.equal(a["model"][k], a["train_model"][k])]
+    assert differs
+    model = build_model("crvos", "mobilenet_v2", pretrained=False)
+    model.load_state_dict(a["model"], strict=True)
+
+
 def test_refuses_to_overwrite_a_run(tmp_path):
     from vostool.errors import VostoolError
 

@@ -26,6 +26,7 @@ over ``iters``. A linear warm-up over ``warmup`` iterations applies to all.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -35,7 +36,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -77,6 +78,7 @@ class TrainConfig:
     warmup: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 5.0
+    ema_decay: float = 0.0             # >0: validate, keep and ship an exponential moving average of the weights
     freeze_bn: bool = True             # keep the backbone's BatchNorm statistics (small batches)
     freeze_backbone: bool = False      # train only the rest: no gradient through the image encoder
     train_stages: list[str] = field(default_factory=list)  # with freeze_backbone: stages still trained (e.g. s16)
@@ -523,8 +525,12 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
 
     start_it, elapsed_before, best, history = 0, 0.0, None, []
     loss_ema = None
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if ck is not None:
-        load_weights_strict(model, ck["model"], source=str(Path(cfg.out) / "last.pt"))
+        # with weight averaging, "model" holds the averaged (shipped) weights and "train_model" the raw ones
+        load_weights_strict(model, ck.get("train_model", ck["model"]), source=str(Path(cfg.out) / "last.pt"))
+        if ema is not None:
+            ema.load(ck["model"] if "train_model" in ck else model.state_dict(), int(ck.get("ema_updates", 0)))
         opt.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
@@ -577,7 +583,10 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
                      "data": _data_summary(cfg, dataset)}
         return {
             "stages": prior_stages + [stage_rec],
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": ema.state_dict() if ema is not None else
+            {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            **({"train_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "ema_updates": ema.updates} if ema is not None else {}),
             "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "iteration": iteration, "rng": _rng_state(), "config": _jsonable(cfg),
             "elapsed": elapsed_before + time.time() - t0, "commands": commands, "best": best,
@@ -596,7 +605,11 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
             return
         if dist_info.main:
             tv = time.time()
-            res = validate(model, cfg, device, precision)
+            if ema is not None:
+                with ema.swapped_in():
+                    res = validate(model, cfg, device, precision)
+            else:
+                res = validate(model, cfg, device, precision)
             set_train_mode(model, cfg.freeze_bn)
             res.update(iteration=iteration, seconds=round(time.time() - tv, 1))
             history.append(res)
@@ -640,6 +653,8 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                ema.update()
             it += 1
             last_loss = float(loss.detach())
             if not math.isfinite(last_loss):
@@ -693,6 +708,59 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
             with open(out / "log.txt", "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + rep_line + "\n")
     return summary
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights (Polyak averaging).
+
+    ``avg <- d * avg + (1 - d) * w`` after every optimiser step, with
+    ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates so that a fresh average is
+    not dominated by the starting weights. Floating-point parameters *and* buffers are
+    averaged in float32 (BatchNorm statistics follow the weights that produced them);
+    integer buffers are copied. Validation, ``best.pt`` and the exported checkpoint use
+    the averaged weights; the optimiser keeps training the raw ones.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise VostoolError(f"--ema must be in (0, 1), got {decay}")
+        self.model, self.decay, self.updates = model, float(decay), 0
+        self.avg = {k: v.detach().float().clone() if v.is_floating_point() else v.detach().clone()
+                    for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in self.model.state_dict().items():
+            a = self.avg[k]
+            if a.is_floating_point():
+                a.lerp_(v.detach().float(), 1.0 - d)
+            else:
+                a.copy_(v)
+
+    def load(self, weights: dict[str, torch.Tensor], updates: int) -> None:
+        missing = set(self.avg) ^ set(weights)
+        if missing:
+            raise VostoolError(f"averaged weights do not match the model: {sorted(missing)[:3]}")
+        for k, v in weights.items():
+            self.avg[k].copy_(v)
+        self.updates = updates
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights in the model's own dtypes (on the CPU)."""
+        ref = self.model.state_dict()
+        return {k: v.to(dtype=ref[k].dtype).cpu() for k, v in self.avg.items()}
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """Temporarily load the averaged weights into the model."""
+        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(raw)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
