@@ -204,6 +204,11 @@ def test_pretrain_stage_then_video_with_init_and_export(tmp_path):
     assert [st["stage"] for st in saved["stages"]] == ["pretrain", "video"] and saved["total_iterations"] == 2
     _, meta = read_checkpoint(dst)
     assert meta["size"] == "32"
+    assert saved["dev_split"]["size"] == 32
+    bigger = export_run(tmp_path / "vid/last.pt", tmp_path / "weights/big.safetensors", fp16=False, size=48)
+    assert bigger["inference_size"] == 48 and bigger["dev_split"]["size"] == 48
+    assert read_checkpoint(tmp_path / "weights/big.safetensors")[1]["size"] == "48"
+    assert bigger["dev_split"]["JF"] is not None
     half = export_run(tmp_path / "vid/last.pt", tmp_path / "weights/h.safetensors", fp16=True)
     assert half["dtype"] == "float16"
     load_model("crvos", weights=tmp_path / "weights/h.safetensors")

@@ -70,7 +70,7 @@ def train_command(
     slots: Annotated[Optional[int], typer.Option(help="Zero-shot: instance slots per clip.")] = None,
     val_sequences: Annotated[Optional[str], typer.Option(help="Held-out sequences of --data for validation, comma-separated.")] = None,
     val_every: Annotated[Optional[int], typer.Option(help="Validate every N iterations (and at the end).")] = None,
-    val_size: Annotated[Optional[int], typer.Option(help="Validation inference short side (default: training height).")] = None,
+    val_size: Annotated[Optional[int], typer.Option(help="Validation inference short side (default: training height). With --export: the shipped inference size; the card's dev J&F is measured at it.")] = None,
     ckpt_every_min: Annotated[Optional[float], typer.Option(help="Save last.pt every N minutes.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop (and save) after N minutes of training.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,

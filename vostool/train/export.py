@@ -3,12 +3,14 @@
 ``export_run("runs/crvos-video/best.pt", "weights/crvos.safetensors")`` writes the
 safetensors checkpoint (fp16 when it is over 20 MiB or ``fp16=True``) that
 :func:`vostool.models.load_model` loads strictly, and ``weights/crvos.json``: model,
-backbone, data, the commands of every stage, iterations, wall time, hardware, the last
-validation's J&F, date and vostool version.
+backbone, data, the commands of every stage, iterations, wall time, hardware, the
+dev-split J&F of exactly the exported weights at their inference size (``size``, default
+the validation size; re-measured when it differs), date and vostool version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -42,13 +44,17 @@ def export_run(src: str | Path, dst: str | Path, fp16: bool | None = None, size:
     save_checkpoint(model, dst, half=half, extra={"size": infer_size, "commands": json.dumps(commands)})
     history = ck.get("val_history") or []
     last_val = history[-1] if history else None
-    if cfg.val_sequences and cfg.data and (last_val is None or last_val.get("iteration") != ck.get("iteration")):
-        # The run stopped between validations: score exactly the weights being shipped.
+    stale = last_val is None or last_val.get("iteration") != ck.get("iteration")
+    resized = infer_size != int(cfg.val_size or cfg.size[0])
+    if cfg.val_sequences and cfg.data and (stale or resized):
+        # The run stopped between validations, or the weights ship with another inference
+        # size than validation used: score exactly what is shipped, at its size.
         from vostool.engine.device import resolve_device, resolve_precision
         from vostool.train.loop import validate
 
         device = resolve_device("cpu")
-        last_val = dict(validate(model, cfg, device, resolve_precision("auto", device)),
+        vcfg = dataclasses.replace(cfg, val_size=infer_size)
+        last_val = dict(validate(model, vcfg, device, resolve_precision("auto", device)),
                         iteration=int(ck.get("iteration", 0)))
     best = ck.get("best")
     card = {
@@ -71,6 +77,7 @@ def export_run(src: str | Path, dst: str | Path, fp16: bool | None = None, size:
         "precision": ck.get("precision"),
         "dev_split": {
             "sequences": cfg.val_sequences,
+            "size": infer_size,
             "JF": None if last_val is None else last_val["JF"],
             "J": None if last_val is None else last_val["J"],
             "F": None if last_val is None else last_val["F"],
