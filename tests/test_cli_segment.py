@@ -109,6 +109,16 @@ def test_mask_size_mismatch_is_resized_with_warning(data, tmp_path):
     assert "resized with nearest neighbour" in r.output
 
 
+def test_mask_of_another_aspect_ratio_is_one_line_error(data, tmp_path):
+    root, video, mask, weights = data
+    wide = np.array(Image.open(mask).resize((W * 2, H), Image.NEAREST))
+    save_index_png(tmp_path / "wide.png", wide)
+    r = run("segment", video, "--mask", tmp_path / "wide.png", "--weights", weights, "--out", tmp_path / "o")
+    line = _error(r)
+    assert "another aspect ratio" in line and f"{W * 2}x{H}" in line
+    assert not (tmp_path / "o").exists()
+
+
 def test_mask_at_adds_object(data, tmp_path):
     root, video, mask, weights = data
     extra = np.zeros((H, W), np.uint8)

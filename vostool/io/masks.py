@@ -113,13 +113,16 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> MaskInfo
             non-zero value = one object with id 1, several values = ids), or RGB/RGBA
             (one object per colour; DAVIS palette colours keep their palette index,
             other colours get ids 1..N in order of first appearance).
-        size: (W, H) wanted; if the mask differs it is resized with nearest neighbour.
+        size: (W, H) wanted; a mask of another resolution but the same aspect ratio
+            (within 2%, e.g. a 480p mask for a 1080p video) is resized with nearest
+            neighbour; another aspect ratio is an error (the mask is for another video).
 
     Returns:
         MaskInfo with ``ids`` H x W uint8 (uint16 if an id > 255).
 
     Raises:
-        VostoolError: missing file, not an image, too many colours, or no object.
+        VostoolError: missing file, not an image, too many colours, no object, or an
+            aspect ratio that does not match ``size``.
     """
     path = Path(path)
     if not path.is_file():
@@ -145,6 +148,10 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> MaskInfo
     original = (ids.shape[1], ids.shape[0])
     resized = size is not None and tuple(size) != original
     if resized:
+        want, have = size[0] / size[1], original[0] / original[1]
+        if abs(want / have - 1) > 0.02:
+            raise VostoolError(f"{path}: mask is {original[0]}x{original[1]} but the video is "
+                               f"{size[0]}x{size[1]} (another aspect ratio)")
         ids = cv2.resize(ids, tuple(size), interpolation=cv2.INTER_NEAREST_EXACT)
     object_ids = [int(v) for v in np.unique(ids) if v != 0]
     if not object_ids:
