@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vostool.eval.metrics import region_similarity
 from vostool.io.masks import DAVIS_PALETTE
 
 H, W, FPS, SECONDS = 360, 640, 24, 3
@@ -82,8 +83,7 @@ def score(out_dir: Path) -> dict[int, float]:
         pred = np.array(Image.open(f))
         _, gt = render(i / FPS, bg)
         for k, v in ious.items():
-            union = np.logical_or(pred == k, gt == k).sum()
-            v.append(float(np.logical_and(pred == k, gt == k).sum() / union) if union else 1.0)
+            v.append(region_similarity(gt == k, pred == k))
     return {k: float(np.mean(v)) for k, v in ious.items()}
 
 
