@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vostool.errors import VostoolError
-from vostool.train.data import Augment, DavisClips, SyntheticClips, affine_matrix, find_sequences
+from vostool.train.data import Augment, DavisClips, MixedClips, SyntheticClips, affine_matrix, find_sequences
 
 from synthetic import make_davis
 
@@ -112,3 +112,20 @@ def test_davis_short_sequence_holds_last_frame(tmp_path):
     root = make_davis(tmp_path / "davis", seqs=1, frames=3)
     x, y = DavisClips([root], size=(32, 48), clip_len=5)[0]
     assert x.shape[0] == 5 and y.shape[0] == 5
+
+
+def test_mixed_clips_draw_both_sources_deterministically(tmp_path):
+    videos = DavisClips([make_davis(tmp_path / "davis")], size=(32, 48), clip_len=3, seed=0)
+    synthetic = SyntheticClips(pairs=_still_images(), size=(32, 48), clip_len=3, seed=0)
+    ds = MixedClips(videos, synthetic, p_synthetic=0.3, seed=4)
+    picks = [ds.is_synthetic(i) for i in range(400)]
+    assert 0.2 < sum(picks) / len(picks) < 0.4
+    i_syn, i_vid = picks.index(True), picks.index(False)
+    assert torch.equal(ds[i_syn][0], synthetic[i_syn][0]) and torch.equal(ds[i_syn][1], synthetic[i_syn][1])
+    assert torch.equal(ds[i_vid][0], videos[i_vid][0])
+    x, y = ds[i_syn]
+    assert x.shape == (3, 3, 32, 48) and set(y.unique().tolist()) <= {0, 1, 255}
+    assert ds.sequences == videos.sequences and ds.count == 4
+    assert not any(MixedClips(videos, synthetic, p_synthetic=0.0).is_synthetic(i) for i in range(50))
+    with pytest.raises(VostoolError):
+        MixedClips(videos, synthetic, p_synthetic=1.5)

@@ -184,13 +184,14 @@ def test_pretrain_stage_then_video_with_init_and_export(tmp_path):
                               command="vostool train --stage pretrain (test)")
     train(pre)
     vid = dataclasses.replace(_tiny_cfg(tmp_path, "vid", 1), init=str(tmp_path / "pre/last.pt"),
-                              val_sequences=["seq2"], val_every=1)
+                              val_sequences=["seq2"], val_every=1, images=[str(imgs)], image_ratio=0.5)
     summary = train(vid)
     assert summary["best"] is not None and 0 <= summary["best"]["JF"] <= 1
     assert (tmp_path / "vid/best.pt").is_file()
     run = load_run(tmp_path / "vid/last.pt")
     assert run["commands"] == ["vostool train --stage pretrain (test)", "vostool train (test)"]
     assert run["data"]["sequences"] == 2  # seq2 held out
+    assert run["data"]["image_count"] == 3 and run["data"]["image_ratio"] == 0.5  # synthetic clips mixed in
 
     dst = tmp_path / "weights/crvos.safetensors"
     card = export_run(tmp_path / "vid/last.pt", dst, fp16=False)

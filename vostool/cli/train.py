@@ -45,7 +45,8 @@ def train_command(
     backbone: Annotated[Optional[str], typer.Option(help="Backbone (default: the model's).")] = None,
     stage: Annotated[Optional[str], typer.Option(help="pretrain (synthetic clips from --images) or video (--data).")] = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", help="DAVIS-layout root (repeatable).")] = None,
-    images: Annotated[Optional[list[str]], typer.Option("--images", help="Still images with masks: <root>/images, <root>/masks (repeatable).")] = None,
+    images: Annotated[Optional[list[str]], typer.Option("--images", help="Still images with masks: <root>/images, <root>/masks (repeatable). Pretrain: the synthetic clips; video stage: mixed in (--image-ratio).")] = None,
+    image_ratio: Annotated[Optional[float], typer.Option(help="Video stage with --images: fraction of clips that are synthetic (default 0.3).")] = None,
     size: Annotated[Optional[str], typer.Option(help="Training crop HEIGHTxWIDTH, multiples of 16.")] = None,
     clip_len: Annotated[Optional[int], typer.Option(help="Frames per clip (default 4 pretrain, 8 video).")] = None,
     max_skip: Annotated[Optional[int], typer.Option(help="Video: random frame step 1..N (fast motion).")] = None,
@@ -107,7 +108,7 @@ def _run(**o) -> None:
 
     fields = dict(
         model=o["model"], backbone=o["backbone"], stage=o["stage"], data=o["data"] or None,
-        images=o["images"] or None, size=parse_size(o["size"]) if o["size"] else None, clip_len=o["clip_len"],
+        images=o["images"] or None, image_ratio=o["image_ratio"], size=parse_size(o["size"]) if o["size"] else None, clip_len=o["clip_len"],
         max_skip=o["max_skip"], batch=o["batch"], iters=o["iters"], lr=o["lr"], lr_schedule=o["lr_schedule"],
         lr_gamma=o["lr_gamma"], lr_step=o["lr_step"], weight_decay=o["weight_decay"], ema_decay=o["ema"], precision=o["precision"],
         device=o["device"],

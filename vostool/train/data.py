@@ -589,3 +589,42 @@ class SyntheticClips(torch.utils.data.Dataset):
         if (occ_m[0].astype(bool) & first).sum() > 0.5 * first.sum():
             occ_m[0] = np.zeros_like(occ_m[0])
         return occ, occ_m
+
+
+class MixedClips(torch.utils.data.Dataset):
+    """Video clips mixed with synthetic clips: item ``i`` comes from ``synthetic`` with
+    probability ``p_synthetic`` (drawn from ``(seed, i)``, so deterministic), else from
+    ``videos``. With 25 training videos the synthetic clips' thousand still images add
+    objects and backgrounds the videos do not have.
+
+    Items are ``(frames, masks)`` as from either dataset (one binary target).
+    """
+
+    def __init__(self, videos: DavisClips, synthetic: SyntheticClips, p_synthetic: float = 0.3,
+                 seed: int = 0) -> None:
+        if not 0.0 <= p_synthetic <= 1.0:
+            raise VostoolError(f"--image-ratio must be in [0, 1], got {p_synthetic}")
+        self.videos, self.synthetic = videos, synthetic
+        self.p_synthetic = float(p_synthetic)
+        self.seed = int(seed)
+
+    @property
+    def sequences(self) -> list["Sequence_"]:
+        return self.videos.sequences
+
+    @property
+    def count(self) -> int:
+        return self.synthetic.count
+
+    def __len__(self) -> int:
+        return min(len(self.videos), len(self.synthetic))
+
+    def preload(self) -> None:
+        self.videos.preload()
+        self.synthetic.preload()
+
+    def is_synthetic(self, index: int) -> bool:
+        return bool(np.random.default_rng([self.seed, int(index), 11]).random() < self.p_synthetic)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.synthetic if self.is_synthetic(index) else self.videos)[index]

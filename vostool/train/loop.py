@@ -46,7 +46,7 @@ from vostool.engine.device import autocast, device_name, resolve_device, resolve
 from vostool.errors import VostoolError
 from vostool.models import build_model, get_spec, load_weights_strict, read_checkpoint
 from vostool.models.base import VOSModel
-from vostool.train.data import Augment, DavisClips, SyntheticClips
+from vostool.train.data import Augment, DavisClips, MixedClips, SyntheticClips
 
 STAGES = ("pretrain", "video")
 SCHEDULES = ("constant", "exp", "cosine")
@@ -69,6 +69,7 @@ class TrainConfig:
     clip_len: int | None = None        # frames per clip (default: 4 pretrain, 8 video)
     max_skip: int = 3                  # video: frame step 1..max_skip (fast motion)
     max_objects: int = 2               # pretrain: objects pasted per clip
+    image_ratio: float = 0.3           # video stage with --images: fraction of synthetic clips
     batch: int = 4
     iters: int = 1000
     lr: float = 1e-4
@@ -280,8 +281,13 @@ def build_dataset(cfg: TrainConfig, rank: int = 0) -> torch.utils.data.Dataset:
     if cfg.stage == "video":
         if not cfg.data:
             raise VostoolError("stage 'video' trains on DAVIS-layout videos: give --data")
-        return DavisClips(cfg.data, size=cfg.size, clip_len=cfg.resolved_clip_len(), max_skip=cfg.max_skip,
-                          exclude=cfg.val_sequences, seed=seed, augment=aug)
+        videos = DavisClips(cfg.data, size=cfg.size, clip_len=cfg.resolved_clip_len(), max_skip=cfg.max_skip,
+                            exclude=cfg.val_sequences, seed=seed, augment=aug)
+        if not cfg.images or cfg.image_ratio <= 0:
+            return videos
+        synthetic = SyntheticClips(cfg.images, size=cfg.size, clip_len=cfg.resolved_clip_len(), seed=seed,
+                                   augment=aug, max_objects=cfg.max_objects)
+        return MixedClips(videos, synthetic, p_synthetic=cfg.image_ratio, seed=seed)
     raise VostoolError(f"unknown stage '{cfg.stage}'; choose one of: {', '.join(STAGES)}")
 
 
@@ -488,8 +494,8 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
     torch.manual_seed(cfg.seed + dist_info.rank)
     np.random.seed((cfg.seed + dist_info.rank) % 2**32)
 
-    if cfg.stage == "video" and cfg.images:
-        raise VostoolError("--images feeds the synthetic clips of --stage pretrain; the video stage trains on --data")
+    if cfg.stage == "video" and cfg.images and not 0.0 <= cfg.image_ratio <= 1.0:
+        raise VostoolError(f"--image-ratio must be in [0, 1], got {cfg.image_ratio}")
     if cfg.val_sequences:
         if not cfg.data:
             raise VostoolError("--val-sequences are sequences of the --data roots: give --data")
@@ -563,8 +569,10 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
     rep = _Reporter(cfg, dist_info.main, start_it, out / "log.txt")
     n_data = len(getattr(dataset, "sequences", [])) or getattr(dataset, "count", 0)
     if start_it == 0 or not cfg.resume:
+        mixed = (f" + {int(cfg.image_ratio * 100)}% synthetic clips from {dataset.count} images"
+                 if isinstance(dataset, MixedClips) else "")
         rep.line(f"training {cfg.model} ({model.config.get('backbone')}) stage {cfg.stage} on {n_data} "
-                 f"{'sequences' if cfg.stage == 'video' else 'images'}: {cfg.iters} iterations of "
+                 f"{'sequences' if cfg.stage == 'video' else 'images'}{mixed}: {cfg.iters} iterations of "
                  f"{cfg.batch} x {cfg.resolved_clip_len()} frames at {cfg.size[0]}x{cfg.size[1]}, "
                  f"{_hardware(device, dist_info.world)}, precision {precision}")
     else:
@@ -770,6 +778,10 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def _data_summary(cfg: TrainConfig, dataset: Any) -> dict[str, Any]:
     if cfg.stage == "video":
         seqs = getattr(dataset, "sequences", [])
-        return {"roots": [str(r) for r in cfg.data], "sequences": len(seqs),
-                "frames": sum(len(s.frames) for s in seqs), "val_sequences": list(cfg.val_sequences)}
+        out = {"roots": [str(r) for r in cfg.data], "sequences": len(seqs),
+               "frames": sum(len(s.frames) for s in seqs), "val_sequences": list(cfg.val_sequences)}
+        if cfg.images and cfg.image_ratio > 0:
+            out.update(images=[str(r) for r in cfg.images], image_count=getattr(dataset, "count", 0),
+                       image_ratio=cfg.image_ratio)
+        return out
     return {"images": [str(r) for r in cfg.images], "count": getattr(dataset, "count", 0)}
