@@ -83,6 +83,35 @@ def test_zero_shot_steps_reduce_loss_and_freeze_backbone(one_thread):
         clip_loss(build_model("crvos", "mobilenet_v2"), frames, masks, zero_shot=True)
 
 
+def test_train_only_fits_one_head_and_leaves_the_rest_exactly(one_thread):
+    """--train-only decoder_zero: the zero-shot decoder learns; the shared encoder, its
+    skip convolutions (BatchNorm statistics included) and the one-shot decoder do not."""
+    from vostool.errors import VostoolError
+    from vostool.train.loop import train_only
+
+    torch.manual_seed(0)
+    model = build_model("rvos", "mobilenet_v2", pretrained=False)
+    learning = train_only(model, ["decoder_zero"])
+    assert learning == sum(p.numel() for p in model.decoder_zero.parameters()) > 0
+    set_train_mode(model, freeze_bn=True, train_only=["decoder_zero"])
+    bns = [m for m in model.skip.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    fixed = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("decoder_zero.")}
+    frames, masks = _fixed_batch()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(2):
+        loss = clip_loss(model, frames, masks, zero_shot=True, slots=2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in fixed.items())
+    zero = [k for k in after if k.startswith("decoder_zero.")]
+    assert zero and any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder_zero.parameters())
+    with pytest.raises(VostoolError, match="no module 'decoder_nope'"):
+        train_only(build_model("rvos", "mobilenet_v2", pretrained=False), ["decoder_nope"])
+
+
 def _tiny_cfg(tmp_path: Path, out: str, iters: int) -> TrainConfig:
     return TrainConfig(
         model="crvos", backbone="mobilenet_v2", pretrained=False, stage="video",

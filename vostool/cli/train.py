@@ -67,6 +67,7 @@ def train_command(
     freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--train-bn", help="Keep the backbone's BatchNorm statistics frozen (default) or update them.")] = None,
     freeze_backbone: Annotated[Optional[bool], typer.Option("--freeze-backbone/--train-backbone", help="Train without gradients through the image encoder (much faster on CPUs) or train it too (default).")] = None,
     train_stages: Annotated[Optional[str], typer.Option(help="With --freeze-backbone: backbone stages that still learn, e.g. s16.")] = None,
+    train_only: Annotated[Optional[str], typer.Option(help="Only these modules learn (comma-separated names, e.g. decoder_zero); everything else, BatchNorm statistics included, stays fixed.")] = None,
     zero_shot: Annotated[Optional[bool], typer.Option("--zero-shot/--one-shot", help="rvos: train the zero-shot decoder (instances matched to slots) instead of the one-shot one.")] = None,
     slots: Annotated[Optional[int], typer.Option(help="Zero-shot: instance slots per clip.")] = None,
     val_sequences: Annotated[Optional[str], typer.Option(help="Held-out sequences of --data for validation, comma-separated.")] = None,
@@ -117,6 +118,7 @@ def _run(**o) -> None:
         max_minutes=o["max_minutes"], seed=o["seed"], threads=o["threads"], num_workers=o["workers"],
         log_every=o["log_every"], freeze_bn=o["freeze_bn"], freeze_backbone=o["freeze_backbone"],
         train_stages=[t for t in o["train_stages"].split(",") if t] if o["train_stages"] else None,
+        train_only=[t for t in o["train_only"].split(",") if t] if o["train_only"] else None,
         zero_shot=o["zero_shot"], slots=o["slots"], init=str(o["init"]) if o["init"] else None,
     )
     command = recorded_command()

@@ -83,6 +83,7 @@ class TrainConfig:
     freeze_bn: bool = True             # keep the backbone's BatchNorm statistics (small batches)
     freeze_backbone: bool = False      # train only the rest: no gradient through the image encoder
     train_stages: list[str] = field(default_factory=list)  # with freeze_backbone: stages still trained (e.g. s16)
+    train_only: list[str] = field(default_factory=list)  # only these modules learn (e.g. decoder_zero); the rest is fixed
     zero_shot: bool = False            # RVOS: train the zero-shot (unsupervised) decoder
     slots: int = 3                     # zero-shot: instance slots per clip
     precision: str = "auto"
@@ -219,9 +220,10 @@ def to_channels_last_clip(frames: torch.Tensor) -> torch.Tensor:
     return frames.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
-def set_train_mode(model: nn.Module, freeze_bn: bool = True) -> None:
+def set_train_mode(model: nn.Module, freeze_bn: bool = True, train_only: Sequence[str] = ()) -> None:
     """``model.train()``, with the backbone's BatchNorm layers kept in eval mode (their
-    ImageNet statistics frozen; their affine parameters still learn) when ``freeze_bn``."""
+    ImageNet statistics frozen; their affine parameters still learn) when ``freeze_bn``.
+    With ``train_only``, every BatchNorm outside those modules is kept in eval mode too."""
     from vostool.models.backbones import Backbone
 
     model.train()
@@ -231,6 +233,35 @@ def set_train_mode(model: nn.Module, freeze_bn: bool = True) -> None:
                 for bn in mod.modules():
                     if isinstance(bn, nn.modules.batchnorm._BatchNorm):
                         bn.eval()
+    if train_only:
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not _under(name, train_only):
+                mod.eval()
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def train_only(model: nn.Module, modules: Sequence[str]) -> int:
+    """Freeze every parameter outside the named submodules (``decoder_zero``,
+    ``decoder.cells``...): only those learn, so a stage can fit one head to a fixed
+    network. Returns the number of parameters left learning."""
+    names = {n for n, _ in model.named_modules()}
+    unknown = [m for m in modules if m not in names]
+    if unknown:
+        tops = ", ".join(n for n, _ in model.named_children())
+        raise VostoolError(f"--train-only: no module {', '.join(map(repr, unknown))} in {model.__class__.__name__}; "
+                           f"its top-level modules: {tops}")
+    learning = 0
+    for name, p in model.named_parameters():
+        if _under(name, modules):
+            learning += p.numel() if p.requires_grad else 0
+        else:
+            p.requires_grad_(False)
+    if learning == 0:
+        raise VostoolError(f"--train-only {','.join(modules)}: no parameter left to learn")
+    return learning
 
 
 def freeze_backbones(model: nn.Module, keep: Sequence[str] = ()) -> int:
@@ -521,9 +552,11 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
     model = model.to(device)
     if cfg.channels_last and device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
-    set_train_mode(model, cfg.freeze_bn)
+    set_train_mode(model, cfg.freeze_bn, cfg.train_only)
     if cfg.freeze_backbone:
         freeze_backbones(model, keep=cfg.train_stages)
+    if cfg.train_only:
+        train_only(model, cfg.train_only)
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -618,7 +651,7 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
                     res = validate(model, cfg, device, precision)
             else:
                 res = validate(model, cfg, device, precision)
-            set_train_mode(model, cfg.freeze_bn)
+            set_train_mode(model, cfg.freeze_bn, cfg.train_only)
             res.update(iteration=iteration, seconds=round(time.time() - tv, 1))
             history.append(res)
             with open(out / "val.jsonl", "a") as f:
