@@ -44,11 +44,10 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     clouds = _smooth_noise(rng, (6, 10))
     sky += 70 * np.clip(clouds - 0.55, 0, 1) * 2.5
     hills = np.stack([70 + 0 * yy, 120 + 0 * yy, 90 + 0 * yy], -1) + 40 * (_smooth_noise(rng, (12, 20)) - 0.5)
-    ground = 130 + 6 * np.sin(xx / 120)
     grass = np.stack([80 + 0 * yy, 150 + 0 * yy, 60 + 0 * yy], -1)
     grass += 50 * (_smooth_noise(rng, (20, 36)) - 0.5) + 25 * (_smooth_noise(rng, (90, 160)) - 0.5)
     img = np.where((yy < horizon)[..., None], sky, hills)
-    img = np.where((yy >= horizon + ground * 0.0 + 25)[..., None], grass, img)
+    img = np.where((yy >= horizon + 25)[..., None], grass, img)
     img = img.astype(np.float32)
     for x0 in (60, 250, 470, 600):  # trees: trunk and a textured canopy
         h0 = int(horizon[0, x0]) + 20

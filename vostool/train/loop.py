@@ -602,7 +602,7 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
     rep = _Reporter(cfg, dist_info.main, start_it, out / "log.txt")
     n_data = len(getattr(dataset, "sequences", [])) or getattr(dataset, "count", 0)
     if start_it == 0 or not cfg.resume:
-        mixed = (f" + {int(cfg.image_ratio * 100)}% synthetic clips from {dataset.count} images"
+        mixed = (f" + {round(cfg.image_ratio * 100)}% synthetic clips from {dataset.count} images"
                  if isinstance(dataset, MixedClips) else "")
         rep.line(f"training {cfg.model} ({model.config.get('backbone')}) stage {cfg.stage} on {n_data} "
                  f"{'sequences' if cfg.stage == 'video' else 'images'}{mixed}: {cfg.iters} iterations of "
@@ -813,8 +813,7 @@ def _data_summary(cfg: TrainConfig, dataset: Any) -> dict[str, Any]:
         seqs = getattr(dataset, "sequences", [])
         out = {"roots": [str(r) for r in cfg.data], "sequences": len(seqs),
                "frames": sum(len(s.frames) for s in seqs), "val_sequences": list(cfg.val_sequences)}
-        if cfg.images and cfg.image_ratio > 0:
-            out.update(images=[str(r) for r in cfg.images], image_count=getattr(dataset, "count", 0),
-                       image_ratio=cfg.image_ratio)
+        if isinstance(dataset, MixedClips):
+            out.update(images=[str(r) for r in cfg.images], image_count=dataset.count, image_ratio=cfg.image_ratio)
         return out
     return {"images": [str(r) for r in cfg.images], "count": getattr(dataset, "count", 0)}
