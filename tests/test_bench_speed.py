@@ -50,9 +50,9 @@ def test_conv_activation_fusion_matches():
     for dtype in (None, torch.bfloat16):
         plain = fold_batchnorm(net, dtype)
         fused = fold_batchnorm(net, dtype, fuse_activations=True)
-        if not _ConvAct.available():
-            return
-        assert sum(isinstance(m, _ConvAct) for m in fused.modules()) > 10
+        # Whether the fused path is taken depends on the CPU and the torch build (oneDNN
+        # refuses bf16 post-op convolutions without native bf16): never require it, only
+        # that whatever copy the engine chose gives the plain copy's features.
         x = torch.randn(1, 3, 64, 96)
         ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.no_grad()
         with torch.inference_mode(), ctx:
