@@ -140,20 +140,40 @@ def test_overlay_copies_audio(tmp_path):
     assert len(decode_times(out / "overlay.mp4")) == 12
 
 
-def test_image_folder_odd_size_overlay(tmp_path):
+@pytest.mark.parametrize("alpha_format", ["mov", "webm"])
+def test_odd_size_videos_keep_the_source_size(tmp_path, alpha_format):
     folder = tmp_path / "frames"
     folder.mkdir()
     for i in range(5):
         Image.fromarray(np.full((21, 33, 3), 50 * i, np.uint8)).save(folder / f"im{i}.png")
     out = tmp_path / "out"
-    with open_source(folder, fps=10) as src, OutputWriter(out, {"overlay", "masks"}, src) as writer:
+    with open_source(folder, fps=10) as src, OutputWriter(out, {"overlay", "masks", "alpha-video"}, src,
+                                                          alpha_format=alpha_format) as writer:
         for frame in src:
             result = FrameResult(np.ones((21, 33), np.uint8), np.full((1, 21, 33), 255, np.uint8), [1])
             writer.write(frame, result)
     assert decode_times(out / "overlay.mp4") == [Fraction(i, 10) for i in range(5)]
+    for name in ("overlay.mp4", f"alpha.{alpha_format}"):
+        with av.open(str(out / name)) as c:
+            stream = c.streams.video[0]
+            assert (stream.width, stream.height) == (33, 21), name
+            frames = list(c.decode(stream))
+        assert len(frames) == 5 and {(f.width, f.height) for f in frames} == {(33, 21)}, name
     with av.open(str(out / "overlay.mp4")) as c:
-        assert (c.streams.video[0].width, c.streams.video[0].height) == (34, 22)
+        last = next(iter(c.decode(video=0)))
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
+    rgb = last.to_ndarray(format="rgb24")
+    assert rgb.shape == (21, 33, 3)
     assert sorted(p.stem for p in (out / "masks").iterdir()) == [f"im{i}" for i in range(5)]
+
+
+def test_even_size_overlay_stays_yuv420p(tmp_path):
+    src_path = make_video(tmp_path / "clip.mkv", n=3)
+    out = tmp_path / "out"
+    run_writer(src_path, out, {"overlay"})
+    with av.open(str(out / "overlay.mp4")) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.pix_fmt == "yuv420p" and (stream.width, stream.height) == (W, H)
 
 
 def test_interrupted_run_leaves_complete_files(tmp_path):

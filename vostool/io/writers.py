@@ -13,8 +13,9 @@ Outputs (``--outputs`` names):
 
 Every PNG is written atomically; videos go to ``<file>.part`` and are renamed when
 closed, so an interrupted run leaves only complete, playable files. Videos keep the
-source frame count and timestamps (variable frame rate included). Frames with an odd
-width or height are padded to even by replicating the last row/column.
+source frame count and timestamps (variable frame rate included) and the exact source
+size: an odd-sized overlay is H.264 4:4:4 (``yuv444p``, since 4:2:0 H.264 cannot store an
+odd width or height); ProRes 4444 and VP9 store odd sizes as they are.
 """
 
 from __future__ import annotations
@@ -116,13 +117,6 @@ def render_overlay(image: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pad_even(image: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    if h % 2 == 0 and w % 2 == 0:
-        return image
-    return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-
-
 # ---------------------------------------------------------------------------- PNG outputs
 
 PngWriter = Callable[[Path, Frame, FrameResult, "np.ndarray | None"], None]
@@ -174,6 +168,12 @@ class VideoSpec:
     render: Callable[[Frame, FrameResult, "np.ndarray | None"], np.ndarray]
     options: dict[str, str] = field(default_factory=dict)
     copy_audio: bool = False
+    odd_pix_fmt: str | None = None  # pixel format for an odd width or height (default: pix_fmt)
+
+    def pixel_format(self, width: int, height: int) -> str:
+        """The pixel format that stores a ``width`` x ``height`` frame without padding."""
+        odd = width % 2 or height % 2
+        return self.odd_pix_fmt if odd and self.odd_pix_fmt else self.pix_fmt
 
 
 def _overlay(frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> np.ndarray:
@@ -185,7 +185,8 @@ def _rgba(frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> np.nda
 
 
 OVERLAY_SPEC = VideoSpec(
-    "overlay.mp4", "mp4", "libx264", "yuv420p", "rgb24", _overlay, {"crf": "18", "preset": "veryfast"}, True
+    "overlay.mp4", "mp4", "libx264", "yuv420p", "rgb24", _overlay, {"crf": "18", "preset": "veryfast"}, True,
+    odd_pix_fmt="yuv444p",  # 4:2:0 H.264 needs even sizes (its crop unit is 2 pixels)
 )
 _VP9_OPTIONS = {"crf": "20", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}
 ALPHA_SPECS: dict[str, VideoSpec] = {
@@ -266,7 +267,7 @@ class VideoEncoder:
         out = av.open(str(self.part), "w", format=spec.container)
         try:
             stream = out.add_stream(spec.codec, rate=self._rate or Fraction(25), options=dict(spec.options))
-            stream.width, stream.height, stream.pix_fmt = width, height, spec.pix_fmt
+            stream.width, stream.height, stream.pix_fmt = width, height, spec.pixel_format(width, height)
             stream.time_base = stream.codec_context.time_base = time_base
             if self._audio_from is not None:
                 try:
@@ -284,7 +285,6 @@ class VideoEncoder:
 
         Timestamps must increase; a repeated or decreasing one is bumped by one tick.
         """
-        image = _pad_even(image)
         if self._out is None:
             self._open(image.shape[1], image.shape[0], time_base)
         pts = round(pts * time_base / self._time_base) if time_base != self._time_base else pts
