@@ -184,7 +184,8 @@ def test_checkpoint_round_trip_and_registry(tmp_path) -> None:
     model = build_model("rvos", backbone="resnet18", hidden=32).eval()
     path = save_checkpoint(model, tmp_path / "rvos.safetensors")
     loaded = load_model("rvos", weights=path)
-    assert loaded.config == model.config == {"backbone": "resnet18", "hidden": 32, "zero_shot": True}
+    assert loaded.config == model.config == {"backbone": "resnet18", "hidden": 32, "zero_shot": True,
+                                                "slots": 3}
     frames, first = shapes_clip(3)
     for masks in (first, None):
         outs = []
@@ -196,6 +197,45 @@ def test_checkpoint_round_trip_and_registry(tmp_path) -> None:
             assert np.array_equal(a, b)
     spec = get_spec("rvos")
     assert "56.8" in spec.published and "P100" in spec.published and "Ventura" in spec.paper
-    assert build_model("rvos").config == {"backbone": "mobilenet_v2", "hidden": 128, "zero_shot": True}
+    assert build_model("rvos").config == {"backbone": "mobilenet_v2", "hidden": 128, "zero_shot": True, "slots": 3}
     with pytest.raises(VostoolError, match="hidden"):
         build_model("rvos", hidden=30)
+
+
+def test_zero_shot_default_slots_are_the_trained_ones(tmp_path) -> None:
+    """The engine's default number of zero-shot slots is the number the checkpoint was
+    trained with (issue 12, defect 6: trained with 3, run with 5)."""
+    from vostool.models.base import VOSModel
+    from vostool.train.loop import TrainConfig, train
+
+    assert VOSModel.zero_shot_slots == 0
+    frames, _ = shapes_clip(3)
+    # A checkpoint without "slots" in its config (the shipped one) was trained with 3.
+    model = build_model("rvos", hidden=16)
+    del model.config["slots"]
+    path = save_checkpoint(model, tmp_path / "old.safetensors")
+    for m, want in ((load_model("rvos", weights=path), 3), (build_model("rvos", hidden=16, slots=4), 4)):
+        assert m.zero_shot_slots == want
+        r = Propagator(m, device="cpu", precision="fp32", size=64).start(frames[0], None)
+        assert r.object_ids == list(range(1, want + 1)) and r.probs.shape[0] == want
+        with torch.no_grad():
+            assert m.forward_clip_zero_shot(torch.randn(1, 2, 3, 32, 32)).shape[2] == want
+    # The caller can still ask for another number.
+    r = Propagator(build_model("rvos", hidden=16), device="cpu", precision="fp32", size=64,
+                   max_objects=2).start(frames[0], None)
+    assert r.object_ids == [1, 2]
+    # A model without zero-shot slots cannot be started without a mask.
+    with pytest.raises(VostoolError):
+        Propagator(build_model("crvos"), device="cpu", precision="fp32", size=64).start(frames[0], None)
+    # Zero-shot training records its --slots in the checkpoint's config and the export.
+    from synthetic import make_davis
+    from vostool.train import export_run, load_run
+
+    make_davis(tmp_path / "davis")
+    cfg = TrainConfig(model="rvos", pretrained=False, stage="video", data=[str(tmp_path / "davis")],
+                      size=(32, 48), clip_len=2, batch=1, iters=1, zero_shot=True, slots=2, precision="fp32",
+                      device="cpu", threads=1, out=str(tmp_path / "run"), log_every=1, progress=False)
+    train(cfg)
+    assert load_run(tmp_path / "run/last.pt")["model_config"]["slots"] == 2
+    export_run(tmp_path / "run/last.pt", tmp_path / "zs.safetensors", fp16=False)
+    assert load_model("rvos", weights=tmp_path / "zs.safetensors").zero_shot_slots == 2

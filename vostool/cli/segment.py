@@ -54,7 +54,8 @@ def segment(
                                                "(default: union of all objects)."),
     alpha_format: str = typer.Option("mov", "--alpha-format", help="mov (ProRes 4444) or webm (VP9 alpha)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of a folder of frames (default 24)."),
-    max_objects: int = typer.Option(5, "--max-objects", help="Zero-shot (rvos, no --mask): objects to find."),
+    max_objects: Optional[int] = typer.Option(None, "--max-objects", min=1, help="Zero-shot (rvos, no --mask): "
+                                              "objects to find (default: the slots the checkpoint was trained with)."),
     theta_c: Optional[float] = typer.Option(None, "--theta-c", help="DTN decision threshold (lower: faster, "
                                             "more box propagation)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs in an existing folder."),

@@ -312,7 +312,8 @@ class Propagator:
         size: internal size of the shorter side; ``None`` or 0 keeps the source size.
         scales: input scales averaged at every frame (RGMP's multi-scale inference).
         channels_last: run convolutions in NHWC (faster with oneDNN and cuDNN).
-        max_objects: objects to discover in zero-shot mode (models that support it).
+        max_objects: objects to discover in zero-shot mode (models that support it);
+            None: the model's ``zero_shot_slots`` (the number of slots it was trained with).
         fold_batchnorm: run the backbones as inference copies with BatchNorm folded into
             the convolutions (and weights pre-cast to the autocast dtype); the model
             itself is left untouched.
@@ -325,7 +326,7 @@ class Propagator:
     def __init__(
         self, model: VOSModel, device: str | torch.device = "auto", precision: str = "auto",
         size: int | None = 480, scales: Iterable[float] = (1.0,), channels_last: bool = True,
-        max_objects: int = 5, fold_batchnorm: bool = True, threads: int | None = None,
+        max_objects: int | None = None, fold_batchnorm: bool = True, threads: int | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -625,7 +626,9 @@ class Propagator:
         if not self.model.supports_zero_shot:
             raise VostoolError(
                 f"model '{self.model.name}' needs a first-frame mask (--mask); only rvos segments without one")
-        k = self.max_objects
+        k = self.max_objects or self.model.zero_shot_slots
+        if k < 1:
+            raise VostoolError(f"model '{self.model.name}' declares no zero-shot slots; give max_objects")
         for lane in self._lanes:
             lane.image, lane.feats = self._encode(image, lane)
             with autocast(self.device, self.precision):

@@ -42,6 +42,9 @@ class VOSModel(nn.Module):
     uses_soft_aggregation: ClassVar[bool] = True
     #: can segment without a first-frame mask (RVOS zero-shot)
     supports_zero_shot: ClassVar[bool] = False
+    #: zero-shot models: the number of object slots the engine decodes when the caller
+    #: gives none (the number the model was trained with; 0 for other models)
+    zero_shot_slots: int = 0
 
     def __init__(self, backbone: str, **config: Any) -> None:
         super().__init__()

@@ -32,6 +32,11 @@ for what the poster only draws):
   the second) sharing the encoder, as the paper trains a separate model per task. The
   engine's ``max_objects`` empty slots (zero temporal state) are decoded in order; slot
   ``i`` is object id ``i + 1`` and stays that object through the temporal recurrence.
+  The number of slots is part of the model's config (``slots``, default 3): zero-shot
+  training (``vostool train --zero-shot --slots N``) records the N it trained with and
+  the engine decodes that many unless the caller asks for another number
+  (``--max-objects``). Checkpoints without it were trained with 3 (the shipped one:
+  ``--slots 3``); the engine used to run 5 slots by default, two of them never trained.
 - Training: :meth:`RVOS.forward_clip` (one-shot, one object per sample, the model fed
   its own soft predictions: the paper's second stage "ST+"; ``teacher=`` gives the first
   stage with ground-truth previous masks) and :meth:`RVOS.forward_clip_objects`
@@ -175,12 +180,16 @@ class RVOS(VOSModel):
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False, hidden: int = 128,
-        zero_shot: bool = True, **_: Any,
+        zero_shot: bool = True, slots: int = 3, **_: Any,
     ) -> None:
         hidden = int(hidden)
         if hidden % 4 or hidden <= 0:
             raise VostoolError(f"rvos: hidden must be a positive multiple of 4, got {hidden}")
-        super().__init__(backbone, hidden=hidden, zero_shot=bool(zero_shot))
+        if int(slots) < 1:
+            raise VostoolError(f"rvos: slots must be at least 1, got {slots}")
+        super().__init__(backbone, hidden=hidden, zero_shot=bool(zero_shot), slots=int(slots))
+        #: the engine's default number of zero-shot slots: the number trained with
+        self.zero_shot_slots = int(slots)
         self.encoder = build_backbone(backbone, pretrained=pretrained)
         c = self.encoder.channels
         skip_w = [hidden, hidden, hidden // 2]
@@ -320,14 +329,16 @@ class RVOS(VOSModel):
         valid = (target != 255).float()
         return soft_iou_loss(p, (target == 1).float(), valid).mean()
 
-    def forward_clip_zero_shot(self, frames: torch.Tensor, slots: int = 5) -> torch.Tensor:
-        """Zero-shot BPTT: ``slots`` empty slots decoded from frame 0 on.
+    def forward_clip_zero_shot(self, frames: torch.Tensor, slots: int | None = None) -> torch.Tensor:
+        """Zero-shot BPTT: ``slots`` empty slots (default: the model's ``zero_shot_slots``)
+        decoded from frame 0 on.
 
         frames: ``B x T x 3 x H x W`` normalised. Returns slot logits ``B x T x S x H x W``.
         """
         if self.decoder_zero is None:
             raise VostoolError("this rvos model was built without the zero-shot decoder")
         b, t, _, h, w = frames.shape
+        slots = int(slots or self.zero_shot_slots)
         skips = self._clip_skips(frames)
         hs = [skips[0][i].new_zeros(b, slots, hid, *skips[0][i].shape[-2:])
               for i, hid in enumerate(self.hidden_widths)]
@@ -337,7 +348,8 @@ class RVOS(VOSModel):
             outs.append(z[:, :, 0])
         return torch.stack(outs, 1)
 
-    def training_loss_zero_shot(self, frames: torch.Tensor, masks: torch.Tensor, slots: int = 5) -> torch.Tensor:
+    def training_loss_zero_shot(self, frames: torch.Tensor, masks: torch.Tensor,
+                                slots: int | None = None) -> torch.Tensor:
         """Zero-shot training step: ``frames B x T x 3 x H x W``, ``masks B x T x H x W`` ids."""
         return self.loss_zero_shot(self.forward_clip_zero_shot(frames, slots), masks)
 

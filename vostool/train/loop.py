@@ -544,7 +544,10 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
     if model_factory is not None:
         model = model_factory(cfg)
     else:
-        model = build_model(cfg.model, cfg.backbone, pretrained=cfg.pretrained and not cfg.init and not cfg.resume)
+        # zero-shot: the checkpoint records the slots it is trained with (the engine's default)
+        extra = {"slots": cfg.slots} if cfg.zero_shot else {}
+        model = build_model(cfg.model, cfg.backbone, pretrained=cfg.pretrained and not cfg.init and not cfg.resume,
+                            **extra)
     commands: list[str] = []
     prior_stages: list[dict[str, Any]] = []
     if cfg.init and not cfg.resume:
