@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from vostool import __version__
-from vostool.cli.common import friendly_errors
+from vostool.cli.common import OneLineGroup, friendly_errors
 from vostool.cli.models import models
 from vostool.cli.segment import segment
 
@@ -15,6 +15,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help (no boxed panels, no <bool> metavars); usage errors are one line (OneLineGroup)
+    cls=OneLineGroup,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

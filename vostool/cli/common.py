@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
+
+from typer import _click
+from typer.core import TyperGroup
 
 from vostool.errors import VostoolError
 
@@ -68,11 +74,110 @@ def make_progress(quiet: bool = False) -> Progress:
     )
 
 
-def parse_floats(text: str, name: str) -> list[float]:
+def error_line(message: str) -> None:
+    """The one-line ``error: ...`` on stderr (whitespace, newlines included, collapsed)."""
+    err_console.print(f"[bold red]error:[/] {escape(' '.join(str(message).split()))}", highlight=False,
+                      soft_wrap=True)
+
+
+class OneLineGroup(TyperGroup):
+    """The app's command group: usage errors (``--size abc``, a missing argument, an unknown
+    option) are one line on stderr, ``error: <what> (see '<command> -h')``, exit code 2, not
+    click's usage block or Typer's boxed panel. Help, ``--version`` and the commands' own exit
+    codes are unchanged."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except _click.exceptions.NoArgsIsHelpError as exc:  # bare `vostool` / `vostool eval`
+            exc.show()
+            rv = exc.exit_code
+        except _click.exceptions.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+            error_line(exc.format_message() + hint)
+            rv = exc.exit_code
+        except _click.exceptions.Abort:
+            error_line("aborted")
+            rv = 1
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# -- numeric options: one range check, the same in every command ---------------------------
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def describe_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> str:
+    """``32..4096``, ``(0, 1000]``: the range as the help texts and errors write it."""
+    if not lo_open and not hi_open:
+        return f"{_fmt(lo)}..{_fmt(hi)}"
+    return f"{'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if hi_open else ']'}"
+
+
+def check_number(value: Any, name: str, lo: float, hi: float, *, integer: bool = False,
+                 lo_open: bool = False, hi_open: bool = False) -> Any:
+    """``value`` if it is a finite number in the range, else a one-line :class:`VostoolError`
+    naming the option and the range. ``None`` (option not given) passes."""
+    if value is None:
+        return None
+    kind = "an integer" if integer else "a number"
+    rng = describe_range(lo, hi, lo_open, hi_open)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        raise VostoolError(f"{name} must be {kind} in {rng}, got {_fmt(value)}")
+    return int(value) if integer else float(value)
+
+
+def _range_option(default: Any, decls: tuple[str, ...], help: str, lo: float, hi: float, integer: bool,
+                  lo_open: bool, hi_open: bool, **kwargs: Any) -> Any:
+    name = next((d for d in decls if d.startswith("--")), decls[0] if decls else "value")
+
+    def callback(value: Any) -> Any:
+        try:
+            return check_number(value, name, lo, hi, integer=integer, lo_open=lo_open, hi_open=hi_open)
+        except VostoolError as exc:
+            raise typer.BadParameter(str(exc).replace(f"{name} must", "must", 1)) from None
+
+    text = f"{help} Range: {describe_range(lo, hi, lo_open, hi_open)}."
+    return typer.Option(default, *decls, help=text, callback=callback, **kwargs)
+
+
+def int_option(default: Any, *decls: str, lo: int, hi: int, help: str, **kwargs: Any) -> Any:
+    """A ``typer.Option`` for an integer in ``lo..hi``: the range is added to the help and
+    anything outside it (huge integers included) is a one-line usage error. ``default=...``
+    for ``Annotated`` parameters."""
+    return _range_option(default, decls, help, lo, hi, True, False, False, **kwargs)
+
+
+def float_option(default: Any, *decls: str, lo: float, hi: float, help: str, lo_open: bool = False,
+                 hi_open: bool = False, **kwargs: Any) -> Any:
+    """A ``typer.Option`` for a finite float in the range (``nan``/``inf`` refused), the range
+    in the help."""
+    return _range_option(default, decls, help, lo, hi, False, lo_open, hi_open, **kwargs)
+
+
+def parse_floats(text: str, name: str, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False) -> list[float]:
+    """A comma-separated list of finite numbers, each in the range when one is given."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise VostoolError(f"{name} must be a comma-separated list of numbers, got '{text}'") from None
     if not values:
         raise VostoolError(f"{name} is empty")
+    for v in values:
+        if not math.isfinite(v):
+            raise VostoolError(f"{name} must be finite numbers, got {v:g}")
+        if lo is not None and hi is not None:
+            check_number(v, name, lo, hi, lo_open=lo_open)
     return values

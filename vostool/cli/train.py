@@ -70,6 +70,7 @@ def train_command(
     train_only: Annotated[Optional[str], typer.Option(help="Only these modules learn (comma-separated names, e.g. decoder_zero); everything else, BatchNorm statistics included, stays fixed.")] = None,
     zero_shot: Annotated[Optional[bool], typer.Option("--zero-shot/--one-shot", help="rvos: train the zero-shot decoder (instances matched to slots) instead of the one-shot one.")] = None,
     slots: Annotated[Optional[int], typer.Option(help="Zero-shot: instance slots per clip.")] = None,
+    objects: Annotated[Optional[int], typer.Option(help="One-shot models that decode objects jointly (rvos): objects per sample, chained (default 2; 1 for the others).")] = None,
     val_sequences: Annotated[Optional[str], typer.Option(help="Held-out sequences of --data for validation, comma-separated.")] = None,
     val_every: Annotated[Optional[int], typer.Option(help="Validate every N iterations (and at the end).")] = None,
     val_size: Annotated[Optional[int], typer.Option(help="Validation inference short side (default: training height). With --export: the shipped inference size; the card's dev J&F is measured at it.")] = None,
@@ -119,7 +120,7 @@ def _run(**o) -> None:
         log_every=o["log_every"], freeze_bn=o["freeze_bn"], freeze_backbone=o["freeze_backbone"],
         train_stages=[t for t in o["train_stages"].split(",") if t] if o["train_stages"] else None,
         train_only=[t for t in o["train_only"].split(",") if t] if o["train_only"] else None,
-        zero_shot=o["zero_shot"], slots=o["slots"], init=str(o["init"]) if o["init"] else None,
+        zero_shot=o["zero_shot"], slots=o["slots"], objects=o["objects"], init=str(o["init"]) if o["init"] else None,
     )
     command = recorded_command()
     if o["resume"]:
@@ -144,7 +145,10 @@ def _run(**o) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m vostool.train``: the same command on its own."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    from vostool.cli.common import OneLineGroup
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, cls=OneLineGroup,
+                      rich_markup_mode=None)
     try:
         from vostool.cli.common import friendly_errors
 
