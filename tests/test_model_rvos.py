@@ -239,3 +239,59 @@ def test_zero_shot_default_slots_are_the_trained_ones(tmp_path) -> None:
     assert load_run(tmp_path / "run/last.pt")["model_config"]["slots"] == 2
     export_run(tmp_path / "run/last.pt", tmp_path / "zs.safetensors", fp16=False)
     assert load_model("rvos", weights=tmp_path / "zs.safetensors").zero_shot_slots == 2
+
+
+def _spatial_grads(model: RVOS) -> list[float]:
+    """|grad| of the gate weights that read the previous object's hidden state, per layer."""
+    out = []
+    for cell in model.decoder.cells:
+        cin = cell.gates.in_channels - cell.hidden
+        out.append(float(cell.gates.weight.grad[:, cin:].abs().sum()))
+    return out
+
+
+def test_multi_object_training_trains_the_spatial_recurrence(tmp_path) -> None:
+    """Issue 12, defect 1: with one object per sample the input "object i reads object
+    i-1's ConvLSTM state" is always zero, so its weights get no gradient; the trainer's
+    samples now hold several objects, chained as at inference."""
+    from synthetic import make_davis
+    from vostool.train.loop import TrainConfig, build_dataset, clip_loss, objects_per_sample
+
+    torch.manual_seed(0)
+    model = build_model("rvos", hidden=16).train()
+    frames = torch.randn(2, 3, 3, 64, 64)
+    one = torch.zeros(2, 3, 64, 64, dtype=torch.long)
+    for t in range(3):
+        one[:, t, 8 + t:24 + t, 8:24] = 1
+    # One object per sample: the weights reading the previous object get exactly nothing,
+    # and training_loss is the old loss(forward_clip(...)).
+    loss = clip_loss(model, frames, one)
+    assert torch.allclose(loss, model.loss(model.forward_clip(frames, (one[:, :1] == 1).float()), one[:, 1:]))
+    loss.backward()
+    assert _spatial_grads(model) == [0.0, 0.0, 0.0]
+    assert model.decoder.out.weight.grad.abs().sum() > 0
+    # Two objects per sample (the second one absent from sample 1: padded, not in the loss).
+    model.zero_grad()
+    two = one.clone()
+    two[0, :, 40:56, 30:50] = 2
+    two[1, 1, :4] = 255
+    loss = clip_loss(model, frames, two)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(g > 0 for g in _spatial_grads(model))
+    # The trainer gives rvos two objects per sample by default, the others one.
+    make_davis(tmp_path / "davis", seqs=3, h=64, w=80)
+    cfg = TrainConfig(model="rvos", stage="video", data=[str(tmp_path / "davis")], size=(48, 64), clip_len=3)
+    assert objects_per_sample(cfg) == 2
+    assert objects_per_sample(TrainConfig(model="rvos", zero_shot=True)) == 1
+    assert objects_per_sample(TrainConfig(model="crvos")) == 1
+    with pytest.raises(VostoolError, match="--objects"):
+        objects_per_sample(TrainConfig(model="crvos", objects=2))
+    ds = build_dataset(cfg)
+    for i in range(4):
+        f, m = ds[i]
+        assert f.shape == (3, 3, 48, 64) and m.shape == (3, 48, 64)
+        assert set(torch.unique(m[0]).tolist()) == {0, 1, 2}
+        assert set(torch.unique(m).tolist()) <= {0, 1, 2, 255}
+    loss = clip_loss(model, torch.stack([ds[0][0], ds[1][0]]), torch.stack([ds[0][1], ds[1][1]]))
+    assert torch.isfinite(loss)

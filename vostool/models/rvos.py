@@ -37,10 +37,19 @@ for what the poster only draws):
   the engine decodes that many unless the caller asks for another number
   (``--max-objects``). Checkpoints without it were trained with 3 (the shipped one:
   ``--slots 3``); the engine used to run 5 slots by default, two of them never trained.
-- Training: :meth:`RVOS.forward_clip` (one-shot, one object per sample, the model fed
-  its own soft predictions: the paper's second stage "ST+"; ``teacher=`` gives the first
-  stage with ground-truth previous masks) and :meth:`RVOS.forward_clip_objects`
-  (several objects per sample); :meth:`RVOS.forward_clip_zero_shot` and
+- Training: :meth:`RVOS.training_loss` (the trainer's one-shot step) runs
+  :meth:`RVOS.forward_clip_objects` over clips with **several objects per sample**,
+  decoded in sequence as one spatial chain as at inference, the model fed its own soft
+  predictions (the paper's second stage "ST+"; ``teacher=`` gives the first stage with
+  ground-truth previous masks). The trainer gives RVOS two objects per sample by default
+  (``vostool train --objects``; DAVIS-2016 has one object per sequence, so the second
+  is an object of another training clip pasted over the clip, see
+  :class:`~vostool.train.data.DavisClips`; synthetic clips paste 1-2 objects). Until
+  then the trainer ran one object per sample, so the spatial input (object i reads
+  object i-1's hidden and cell state, zero for the first object) was always zero in
+  training and the gate weights that read it stayed at their random initialisation
+  while inference chained every object. :meth:`RVOS.forward_clip` (one object per
+  sample) is kept; :meth:`RVOS.forward_clip_zero_shot` and
   :meth:`RVOS.loss_zero_shot` for zero-shot. Loss: soft IoU (the authors' objective).
   Zero-shot predictions are matched to the ground-truth instances with the Hungarian
   algorithm on the soft-IoU cost, one matching per clip. **Matches**, with the
@@ -321,6 +330,36 @@ class RVOS(VOSModel):
         z = self.forward_clip_objects(frames, first_mask[:, None], None if teacher is None else teacher[:, :, None])
         z = z[:, :, 0:1]
         return torch.cat([torch.zeros_like(z), z], 2)
+
+    def training_loss(self, frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """One-shot training step over clips with one or several objects per sample.
+
+        frames: ``B x T x 3 x H x W`` normalised; masks: ``B x T x H x W`` long object ids
+        (0 background, 1.. objects, 255 ignored). The objects present in frame 0 are
+        started from their frame-0 masks and decoded in id order as one spatial chain
+        (object i reads object i-1's ConvLSTM state, as at inference), fed their own soft
+        predictions. Loss: soft IoU per object and frame, averaged over the samples'
+        objects (samples with fewer objects are padded with empty slots left out of the
+        loss). With one object per sample it equals ``loss(forward_clip(...))``.
+        """
+        b, t = masks.shape[:2]
+        h, w = masks.shape[-2:]
+        first = masks[:, 0]
+        ids = [sorted(int(i) for i in torch.unique(first[n]) if int(i) not in (0, 255)) for n in range(b)]
+        k = max([1] + [len(x) for x in ids])
+        first_masks = frames.new_zeros(b, k, 1, h, w)
+        target = masks.new_zeros(b, t - 1, k, h, w, dtype=torch.float32)
+        present = torch.zeros(b, k, device=masks.device)
+        for n, obj_ids in enumerate(ids):
+            for j, oid in enumerate(obj_ids):
+                first_masks[n, j, 0] = (first[n] == oid).to(frames.dtype)
+                target[n, :, j] = (masks[n, 1:] == oid).float()
+                present[n, j] = 1.0
+        p = torch.sigmoid(self.forward_clip_objects(frames, first_masks).float())  # B x T-1 x K x H x W
+        valid = (masks[:, 1:] != 255).float()[:, :, None]
+        per = soft_iou_loss(p, target, valid)  # B x T-1 x K
+        weight = present[:, None, :].expand_as(per)
+        return (per * weight).sum() / weight.sum().clamp(min=1.0)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Soft IoU loss (RVOS). logits ``B x T x 2 x H x W``; target ``B x T x H x W`` long,

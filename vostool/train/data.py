@@ -254,13 +254,23 @@ class DavisClips(torch.utils.data.Dataset):
     Frames are taken every ``skip`` frames, ``skip`` random in 1..``max_skip`` (fast
     motion). One random object id of the first frame is the target. The whole clip gets one
     random affine (scale, rotation, shear, flip) and crop to ``size`` and one colour jitter.
+
+    With ``objects`` = K > 1 (models that decode the objects of a frame jointly: RVOS's
+    spatial recurrence) each item has K objects, its masks hold ids 1..K (0 background,
+    255 ignored): the clip's own object and K - 1 objects of clips of *other* sequences
+    (DAVIS-2016 has one object per sequence), each shrunk to 40-80% and moved to a random
+    place (one extra affine for the whole clip, so it keeps its own motion) and pasted on
+    top with a softened edge. The ids are shuffled, so any object may come first in the
+    chain; every object keeps at least half of its frame-0 area visible.
     """
 
     def __init__(
         self, roots: Sequence[str | Path], size: tuple[int, int] = (240, 432), clip_len: int = 8,
         max_skip: int = 3, exclude: Sequence[str] = (), seed: int = 0, augment: Augment | None = None,
         length: int = 10**9, cache_scale: float = 1.25, sequences: Sequence[str] | None = None,
+        objects: int = 1,
     ) -> None:
+        self.objects = max(1, int(objects))
         self.size = (int(size[0]), int(size[1]))
         self.clip_len = int(clip_len)
         self.max_skip = max(1, int(max_skip))
@@ -308,7 +318,24 @@ class DavisClips(torch.utils.data.Dataset):
         return self._try(rng, force=True)  # type: ignore[return-value]
 
     def _try(self, rng: np.random.Generator, force: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+        clip = self._clip(rng, force)
+        if clip is None:
+            return None
+        out_imgs, out_masks, si = clip
+        if self.objects > 1:
+            composed = self._compose(rng, out_imgs, out_masks, si)
+            if composed is None and not force:
+                return None
+            if composed is not None:
+                out_imgs, out_masks = composed
+        return to_tensors(out_imgs, out_masks, rng, self.augment, per_frame_colour=0.1)
+
+    def _clip(self, rng: np.random.Generator, force: bool = False, avoid: int | None = None
+              ) -> tuple[list[np.ndarray], list[np.ndarray], int] | None:
+        """uint8 frames and {0, 1, 255} masks of one object at ``size``, and the sequence index."""
         si = int(rng.integers(len(self.sequences)))
+        if avoid is not None and len(self.sequences) > 1 and si == avoid:
+            si = (si + 1 + int(rng.integers(len(self.sequences) - 1))) % len(self.sequences)
         imgs, masks = self._load(si)
         n = len(imgs)
         t = self.clip_len
@@ -339,7 +366,47 @@ class DavisClips(torch.utils.data.Dataset):
         src_area = float((masks[idx[0]] == obj).sum()) * abs(np.linalg.det(m[:2, :2]))
         if not force and (first_area < 16 or first_area < 0.5 * src_area):
             return None
-        return to_tensors(out_imgs, out_masks, rng, self.augment, per_frame_colour=0.1)
+        return out_imgs, out_masks, si
+
+    def _compose(self, rng: np.random.Generator, imgs: list[np.ndarray], masks: list[np.ndarray], si: int
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """Paste ``objects - 1`` objects of other sequences' clips over the clip; masks
+        become ids 1..K in a random order. None if an object ends up (nearly) hidden."""
+        h, w = self.size
+        imgs = [im.copy() for im in imgs]
+        ids = [m.copy() for m in masks]  # the clip's own object is id 1
+        full = [[m == 1 for m in masks]]
+        for j in range(2, self.objects + 1):
+            other = None
+            for _attempt in range(5):
+                other = self._clip(rng, avoid=si)
+                if other is not None:
+                    break
+            if other is None:
+                return None
+            o_imgs, o_masks, _ = other
+            ys, xs = np.nonzero(o_masks[0] == 1)
+            centre = (float(xs.mean()), float(ys.mean()))
+            extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+            s = float(rng.uniform(0.4, 0.8)) * min(1.0, 0.6 * min(h, w) / extent)
+            off = (float(rng.uniform(-0.35, 0.35) * w), float(rng.uniform(-0.35, 0.35) * h))
+            m = affine_matrix(centre, self.size, s, offset=off)
+            obj_full = []
+            for t in range(self.clip_len):
+                mk = warp((o_masks[t] == 1).astype(np.uint8), m, self.size, nearest=True).astype(bool)
+                alpha = cv2.GaussianBlur(mk.astype(np.float32), (5, 5), 0)[..., None]
+                obj = warp(o_imgs[t], m, self.size)
+                imgs[t] = (imgs[t] * (1 - alpha) + obj * alpha).round().astype(np.uint8)
+                ids[t][mk] = j
+                obj_full.append(mk)
+            full.append(obj_full)
+        for k, f in enumerate(full):  # every object stays visible in frame 0
+            area = int(f[0].sum())
+            if area < 16 or int((ids[0] == k + 1).sum()) < 0.5 * area:
+                return None
+        perm = np.concatenate([[0], 1 + rng.permutation(self.objects), np.arange(self.objects + 1, 256)])
+        perm[IGNORE] = IGNORE
+        return imgs, [perm[m].astype(np.uint8) for m in ids]
 
     def _draw_affine(self, rng: np.random.Generator, src_shape: tuple[int, int], obj: np.ndarray) -> np.ndarray:
         a = self.augment

@@ -85,6 +85,8 @@ class TrainConfig:
     train_stages: list[str] = field(default_factory=list)  # with freeze_backbone: stages still trained (e.g. s16)
     train_only: list[str] = field(default_factory=list)  # only these modules learn (e.g. decoder_zero); the rest is fixed
     zero_shot: bool = False            # RVOS: train the zero-shot (unsupervised) decoder
+    objects: int = 0                   # objects per sample, decoded jointly (0: 2 for models that
+                                       # handle objects jointly (rvos one-shot), else 1)
     slots: int = 3                     # zero-shot: instance slots per clip
     precision: str = "auto"
     device: str = "auto"
@@ -301,23 +303,41 @@ def lr_at(cfg: TrainConfig, it: int) -> float:
 
 
 # -- building blocks ----------------------------------------------------------------------------
+def objects_per_sample(cfg: TrainConfig) -> int:
+    """Objects per training sample: ``cfg.objects``, or by default 2 for one-shot models
+    that decode the objects of a frame jointly (``uses_soft_aggregation = False``: RVOS's
+    spatial recurrence, object i reads object i-1's state, which one object per sample
+    never trains) and 1 for the others (independent objects, merged by soft aggregation)."""
+    joint = not get_spec(cfg.model).cls.uses_soft_aggregation
+    if cfg.objects < 0:
+        raise VostoolError(f"--objects must be at least 1, got {cfg.objects}")
+    if cfg.objects > 1 and (not joint or cfg.zero_shot):
+        raise VostoolError(f"--objects {cfg.objects}: only one-shot models that decode objects jointly (rvos) "
+                           f"train on several objects per sample; '{cfg.model}' takes one")
+    if cfg.objects:
+        return int(cfg.objects)
+    return 2 if joint and not cfg.zero_shot else 1
+
+
 def build_dataset(cfg: TrainConfig, rank: int = 0) -> torch.utils.data.Dataset:
     aug = dataclasses.replace(Augment(), **{k: (tuple(v) if k == "scale" else v) for k, v in cfg.augment.items()})
     seed = cfg.seed * 1000 + (0 if cfg.stage == "pretrain" else 1)
+    objects = objects_per_sample(cfg)
     if cfg.stage == "pretrain":
         if not cfg.images:
             raise VostoolError("stage 'pretrain' trains on synthetic clips from still images: give --images")
         return SyntheticClips(cfg.images, size=cfg.size, clip_len=cfg.resolved_clip_len(), seed=seed,
-                              augment=aug, max_objects=cfg.max_objects, return_ids=cfg.zero_shot)
+                              augment=aug, max_objects=max(cfg.max_objects, objects),
+                              return_ids=cfg.zero_shot or objects > 1)
     if cfg.stage == "video":
         if not cfg.data:
             raise VostoolError("stage 'video' trains on DAVIS-layout videos: give --data")
         videos = DavisClips(cfg.data, size=cfg.size, clip_len=cfg.resolved_clip_len(), max_skip=cfg.max_skip,
-                            exclude=cfg.val_sequences, seed=seed, augment=aug)
+                            exclude=cfg.val_sequences, seed=seed, augment=aug, objects=objects)
         if not cfg.images or cfg.image_ratio <= 0:
             return videos
         synthetic = SyntheticClips(cfg.images, size=cfg.size, clip_len=cfg.resolved_clip_len(), seed=seed,
-                                   augment=aug, max_objects=cfg.max_objects)
+                                   augment=aug, max_objects=max(cfg.max_objects, objects), return_ids=objects > 1)
         return MixedClips(videos, synthetic, p_synthetic=cfg.image_ratio, seed=seed)
     raise VostoolError(f"unknown stage '{cfg.stage}'; choose one of: {', '.join(STAGES)}")
 
@@ -812,11 +832,13 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _data_summary(cfg: TrainConfig, dataset: Any) -> dict[str, Any]:
+    objects = objects_per_sample(cfg)
+    extra = {"objects_per_sample": objects} if objects > 1 else {}
     if cfg.stage == "video":
         seqs = getattr(dataset, "sequences", [])
         out = {"roots": [str(r) for r in cfg.data], "sequences": len(seqs),
                "frames": sum(len(s.frames) for s in seqs), "val_sequences": list(cfg.val_sequences)}
         if isinstance(dataset, MixedClips):
             out.update(images=[str(r) for r in cfg.images], image_count=dataset.count, image_ratio=cfg.image_ratio)
-        return out
-    return {"images": [str(r) for r in cfg.images], "count": getattr(dataset, "count", 0)}
+        return {**out, **extra}
+    return {"images": [str(r) for r in cfg.images], "count": getattr(dataset, "count", 0), **extra}
