@@ -75,3 +75,65 @@ def test_models_lists_inference_size_without_breaking_words(tmp_path, monkeypatc
     r = invoke("models", "--json")
     crvos = next(m for m in __import__("json").loads(r.output)["models"] if m["model"] == "crvos")
     assert crvos["inference_size"] == 352
+
+
+# -- a small clip and random weights for the segment cases ------------------------------------
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from test_io_helpers import make_video
+
+    root = tmp_path_factory.mktemp("clip")
+    video = make_video(root / "clip.mp4", n=6, codec="libx264")
+    mask = np.zeros((H, W), np.uint8)
+    mask[10:22, 0:12] = 3
+    mask[30:40, 40:60] = 7
+    save_index_png(root / "first.png", mask)
+    torch.manual_seed(0)
+    weights = save_checkpoint(build_model("crvos"), root / "crvos.safetensors", extra={"size": 32})
+    return video, root / "first.png", weights, mask
+
+
+def segment(clip, out, *extra: object, mask=None):
+    video, first, weights, _ = clip
+    return invoke("segment", video, "--mask", mask or first, "--weights", weights, "--out", out,
+                  "--device", "cpu", "--outputs", "masks", *extra)
+
+
+# -- item 3: lossy masks ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_mask_is_one_line_and_nothing_created(clip, tmp_path, mode):
+    from PIL import Image
+
+    ids = clip[3]
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[ids == 3] = (128, 0, 0)
+    rgb[ids == 7] = (0, 128, 0)
+    img = Image.fromarray(rgb)
+    (img.convert("L") if mode == "L" else img).save(tmp_path / "mask.jpg", quality=85)
+    line = one_error_line(segment(clip, tmp_path / "o", mask=tmp_path / "mask.jpg"))
+    assert "JPEG" in line and "lossy" in line and "PNG" in line
+    assert not (tmp_path / "o").exists()
+    line = one_error_line(segment(clip, tmp_path / "o", "--mask-at", f"2:{tmp_path / 'mask.jpg'}"))
+    assert "JPEG" in line and not (tmp_path / "o").exists()
+
+
+# -- item 6: id 255 -----------------------------------------------------------------------------
+
+def test_grey_mask_with_255_warns_once_and_own_output_round_trips(clip, tmp_path):
+    from PIL import Image
+
+    ids = clip[3].copy()
+    ids[0:4, :] = 255  # void band in an 8-bit greyscale id mask
+    Image.fromarray(ids).save(tmp_path / "grey.png")
+    r = segment(clip, tmp_path / "o", mask=tmp_path / "grey.png")
+    assert r.exit_code == 0, r.output
+    notes = [ln for ln in r.stderr.splitlines() if "255 is void" in ln]
+    assert len(notes) == 1 and notes[0].startswith("warning:")
+    first = np.array(Image.open(tmp_path / "o" / "masks" / "00000.png"))
+    assert set(np.unique(first)) == {0, 3, 7}
+    # vostool's own output fed back as --mask gives the same objects, no warning
+    r = segment(clip, tmp_path / "o2", mask=tmp_path / "o" / "masks" / "00000.png")
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.output
+    assert set(np.unique(np.array(Image.open(tmp_path / "o2" / "masks" / "00000.png")))) == {0, 3, 7}

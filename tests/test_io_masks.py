@@ -145,3 +145,98 @@ def test_save_round_trips_and_atomic(tmp_path):
     save_rgba_png(tmp_path / "c.png", rgba)
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "c.png")), rgba)
     assert not list(tmp_path.rglob("*.tmp*"))
+
+
+# -- lossy and anti-aliased masks (issue 15, item 3) --------------------------------------------
+
+def _two_colour_rgb() -> np.ndarray:
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[8:20, 4:16] = (128, 0, 0)
+    rgb[28:44, 40:56] = (0, 128, 0)
+    return rgb
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_mask_is_refused_with_reason(tmp_path, mode):
+    img = Image.fromarray(_two_colour_rgb())
+    img = img.convert("L") if mode == "L" else img
+    img.save(tmp_path / "m.jpg", quality=90)
+    # the JPEG really holds many in-between values: read naively it would be dozens of objects
+    assert len(np.unique(np.array(Image.open(tmp_path / "m.jpg")).reshape(-1, 1 if mode == "L" else 3),
+                         axis=0)) > 10
+    with pytest.raises(VostoolError, match="JPEG masks are lossy.*save the mask as PNG"):
+        read_mask(tmp_path / "m.jpg")
+    # the extension does not matter: the content is JPEG
+    (tmp_path / "m.png").write_bytes((tmp_path / "m.jpg").read_bytes())
+    with pytest.raises(VostoolError, match="JPEG"):
+        read_mask(tmp_path / "m.png")
+
+
+def test_blurred_rgb_png_is_refused_but_few_colours_pass(tmp_path):
+    import cv2
+
+    rgb = _two_colour_rgb()
+    # blurred: 50-odd colours, each a mix of its neighbours, found only along the edges
+    Image.fromarray(cv2.GaussianBlur(rgb, (7, 7), 2)).save(tmp_path / "soft.png")
+    with pytest.raises(VostoolError, match=r"only along the edges between others.*one flat colour"):
+        read_mask(tmp_path / "soft.png")
+    # upscaled with bilinear filtering: only a few in-between colours, still refused
+    Image.fromarray(rgb).resize((96, 72), Image.BILINEAR).save(tmp_path / "resampled.png")
+    with pytest.raises(VostoolError, match="anti-aliased"):
+        read_mask(tmp_path / "resampled.png")
+    # greyscale 0/255 mask with smoothed edges: not one object plus stray ids
+    grey = (np.any(rgb > 0, axis=2) * 255).astype(np.uint8)
+    Image.fromarray(cv2.GaussianBlur(grey, (3, 3), 0.8)).save(tmp_path / "grey.png")
+    with pytest.raises(VostoolError, match="only along the edges"):
+        read_mask(tmp_path / "grey.png")
+    # more than 64 colours at all
+    noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    with pytest.raises(VostoolError, match="more than 64 objects"):
+        read_mask(tmp_path / "noise.png")
+    rgb = np.zeros((20, 192, 3), np.uint8)
+    for k in range(64):  # 64 flat colours, side by side: 64 objects is still a mask
+        rgb[:, 3 * k:3 * k + 3] = (k * 3 + 1, 255 - k, 7)
+    Image.fromarray(rgb).save(tmp_path / "many.png")
+    assert len(read_mask(tmp_path / "many.png").object_ids) == 64
+    # a thin object of a colour that is not a mix of its neighbours is kept
+    rgb = _two_colour_rgb()
+    rgb[0, :] = (0, 0, 128)
+    Image.fromarray(rgb).save(tmp_path / "thin.png")
+    assert len(read_mask(tmp_path / "thin.png").object_ids) == 3
+
+
+# -- id 255 (issue 15, item 6) ----------------------------------------------------------------
+
+def test_grey_255_is_void_with_a_warning(tmp_path):
+    ids = _two_objects(3, 7)
+    ids[0, :] = 255
+    Image.fromarray(ids).save(tmp_path / "m.png")
+    info = read_mask(tmp_path / "m.png")
+    assert info.object_ids == [3, 7]
+    assert info.ids[0, 0] == 0
+    assert len(info.warnings) == 1 and "255 is void" in info.warnings[0]
+    # a binary 0/255 mask is still one object, without a warning
+    Image.fromarray(_two_objects(255, 255)).save(tmp_path / "b.png")
+    info = read_mask(tmp_path / "b.png")
+    assert info.object_ids == [1] and not info.warnings
+
+
+def test_16_bit_mask_keeps_255_and_round_trips(tmp_path):
+    ids = _two_objects(255, 300, np.uint16)
+    Image.fromarray(ids).save(tmp_path / "m16.png")
+    info = read_mask(tmp_path / "m16.png")
+    assert info.object_ids == [255, 300] and not info.warnings
+    save_index_png(tmp_path / "out.png", info.ids)
+    np.testing.assert_array_equal(read_mask(tmp_path / "out.png").ids, ids)
+
+
+@pytest.mark.parametrize("ids", [_two_objects(3, 254), _two_objects(1, 255, np.uint16), _two_objects(9, 4000, np.uint16)])
+def test_own_outputs_read_back_as_the_same_ids(tmp_path, ids):
+    """Whatever ids vostool writes into masks/, the same PNG given as --mask gives them back."""
+    save_index_png(tmp_path / "out.png", ids)
+    back = read_mask(tmp_path / "out.png")
+    np.testing.assert_array_equal(back.ids, ids)
+    assert back.object_ids == sorted(int(v) for v in np.unique(ids) if v) and not back.warnings
+    if ids.max() < 255:
+        assert Image.open(tmp_path / "out.png").mode == "P"

@@ -77,6 +77,12 @@ def segment(
         raise VostoolError("--mask-at needs --mask for the first frame")
     if mask is not None and not mask.is_file():
         raise VostoolError(f"mask not found: {mask}")
+    given_ids: set[int] = set()  # every mask read once before anything is created or loaded
+    for png in ([mask] if mask is not None else []) + list(corrections.values()):
+        early = read_mask(png)
+        for note in early.warnings:
+            warn(note)
+        given_ids.update(early.object_ids)
 
     model = load_model(model_name, weights=weights)
     if mask is None and not model.supports_zero_shot:

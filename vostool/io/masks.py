@@ -8,7 +8,7 @@ PNG behind.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -38,6 +38,8 @@ DAVIS_PALETTE: bytes = _davis_palette()
 PALETTE_RGB: np.ndarray = np.frombuffer(DAVIS_PALETTE, np.uint8).reshape(256, 3)
 VOID_ID = 255  # DAVIS "void" (ignored) label in palette masks
 MAX_GREY_IDS = 64  # more distinct grey levels than this looks like a soft mask, not ids
+MAX_COLOUR_IDS = 64  # more distinct colours than this looks like anti-aliased edges, not objects
+LOSSY_FORMATS = ("JPEG", "MPO")  # formats whose compression invents colours at every edge
 
 
 @dataclass
@@ -48,12 +50,14 @@ class MaskInfo:
     object_ids: sorted nonzero ids present in ``ids``.
     resized: True if the mask was resized (nearest) to the requested size.
     original_size: (W, H) of the mask file.
+    warnings: one-line notes for the user (e.g. id 255 read as void).
     """
 
     ids: np.ndarray
     object_ids: list[int]
     resized: bool
     original_size: tuple[int, int]
+    warnings: list[str] = field(default_factory=list)
 
 
 def palette_color(object_id: int) -> tuple[int, int, int]:
@@ -63,7 +67,47 @@ def palette_color(object_id: int) -> tuple[int, int, int]:
     return int(r), int(g), int(b)
 
 
-def _grey_ids(arr: np.ndarray, path: Path) -> np.ndarray:
+def _edge_blends(code: np.ndarray, values: np.ndarray, vec: np.ndarray, tol: float = 3.0) -> int:
+    """How many colours of a mask look like anti-aliasing: found only along the edges of
+    other colours (no pixel whose 8 neighbours all share its colour) and a mix of two
+    colours that do fill areas (background included).
+
+    code: H x W integer colour codes; values: the sorted distinct codes; vec: len(values) x C
+    colour components of each code.
+    """
+    h, w = code.shape
+    pad = np.pad(code, 1, mode="edge")
+    inner = np.ones(code.shape, bool)
+    for dy in range(3):
+        for dx in range(3):
+            if dy != 1 or dx != 1:
+                inner &= pad[dy:dy + h, dx:dx + w] == code
+    solid = np.isin(values, np.unique(code[inner])) | (values == 0)
+    edge = ~solid
+    if not edge.any() or solid.sum() < 2:
+        return 0
+    a = vec[solid].astype(np.float64)                   # S x C areas' colours
+    c = vec[edge].astype(np.float64)                    # E x C edge-only colours
+    d = a[None, :, :] - a[:, None, :]                   # S x S x C: b - a
+    norm = (d * d).sum(-1)                              # S x S
+    rel = c[:, None, :] - a[None, :, :]                 # E x S x C: c - a
+    t = np.einsum("esc,sbc->esb", rel, d) / np.maximum(norm, 1e-9)[None]
+    off = rel[:, :, None, :] - t[..., None] * d[None]   # E x S x S x C
+    dist = np.sqrt((off * off).sum(-1))
+    blend = (t > 0) & (t < 1) & (norm[None] > 0) & (dist <= tol)
+    return int(blend.any(axis=(1, 2)).sum())
+
+
+def _refuse_blends(n: int, total: int, path: Path) -> None:
+    if n:
+        raise VostoolError(
+            f"{path}: {n} of the mask's {total} colours appear only along the edges between others, "
+            "as mixes of them (anti-aliased or resampled edges?); save it with one flat colour per "
+            "object and no smoothing, e.g. as a palette (mode P) PNG with one index per object"
+        )
+
+
+def _grey_ids(arr: np.ndarray, path: Path, eight_bit: bool, warnings: list[str]) -> np.ndarray:
     values = np.unique(arr)
     nonzero = values[values != 0]
     if len(nonzero) == 1:  # binary mask: 0/255, 0/1, ...
@@ -75,6 +119,13 @@ def _grey_ids(arr: np.ndarray, path: Path) -> np.ndarray:
         )
     if values.max() > 65535 or values.min() < 0:
         raise VostoolError(f"{path}: mask values must be ids in 0..65535")
+    if arr.dtype == np.uint8:  # 16-bit masks are machine-made ids, never smoothed
+        _refuse_blends(_edge_blends(arr, values, values[:, None]), len(nonzero), path)
+    if eight_bit and VOID_ID in nonzero:  # 8-bit id masks follow DAVIS: 255 is void
+        arr = np.where(arr == VOID_ID, 0, arr)
+        warnings.append(f"{path}: id 255 is void in 8-bit masks (DAVIS) and is read as background; "
+                        "number objects 1..254, or use a 16-bit greyscale PNG for more ids")
+        values = values[values != VOID_ID]
     return arr.astype(np.uint16 if values.max() > 255 else np.uint8)
 
 
@@ -83,17 +134,20 @@ def _color_ids(rgb: np.ndarray, opaque: np.ndarray | None, path: Path) -> np.nda
     if opaque is not None:
         code[~opaque] = 0
     colors, first, inverse = np.unique(code.ravel(), return_index=True, return_inverse=True)
-    if np.count_nonzero(colors) > 255:
+    if np.count_nonzero(colors) > MAX_COLOUR_IDS:
         raise VostoolError(
-            f"{path}: mask has {np.count_nonzero(colors)} colours (anti-aliased edges?); "
-            "save it as a palette (mode P) PNG with one index per object"
+            f"{path}: mask has {np.count_nonzero(colors)} colours, more than {MAX_COLOUR_IDS} objects "
+            "(anti-aliased or resampled edges?); save it with one flat colour per object, e.g. as a "
+            "palette (mode P) PNG with one index per object"
         )
+    rgb_of = np.stack([(colors >> 16) & 255, (colors >> 8) & 255, colors & 255], 1)
+    _refuse_blends(_edge_blends(code, colors, rgb_of), int(np.count_nonzero(colors)), path)
     pal_code = (PALETTE_RGB[:, 0].astype(np.int32) << 16) | (PALETTE_RGB[:, 1].astype(np.int32) << 8)
     pal_code |= PALETTE_RGB[:, 2]
     pal_index = {int(c): i for i, c in enumerate(pal_code)}
     lut = np.zeros(len(colors), np.uint16)
     used = {pal_index[int(c)] for c in colors if int(c) in pal_index}
-    free = (i for i in range(1, 65536) if i not in used)
+    free = (i for i in range(1, 65536) if i not in used and i != VOID_ID)  # 255 would read back as void
     for k in np.argsort(first, kind="stable"):  # raster order of first appearance
         c = int(colors[k])
         if c == 0:
@@ -110,9 +164,12 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> MaskInfo
 
     Args:
         path: palette PNG (values are ids, 255 = void = background), greyscale (a single
-            non-zero value = one object with id 1, several values = ids), or RGB/RGBA
-            (one object per colour; DAVIS palette colours keep their palette index,
-            other colours get ids 1..N in order of first appearance).
+            non-zero value = one object with id 1, several values = ids; in an 8-bit mask
+            255 is void, read as background with a warning; a 16-bit PNG holds ids up to
+            65535), or RGB/RGBA (one object per colour, at most 64; DAVIS palette colours
+            keep their palette index, other colours get ids 1..N in order of first
+            appearance). Lossy formats (JPEG) are refused: their compression turns every
+            edge into many colours.
         size: (W, H) wanted; a mask of another resolution but the same aspect ratio
             (within 2%, e.g. a 480p mask for a 1080p video) is resized with nearest
             neighbour; another aspect ratio is an error (the mask is for another video).
@@ -121,14 +178,20 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> MaskInfo
         MaskInfo with ``ids`` H x W uint8 (uint16 if an id > 255).
 
     Raises:
-        VostoolError: missing file, not an image, too many colours, no object, or an
-            aspect ratio that does not match ``size``.
+        VostoolError: missing file, not an image, a JPEG, too many colours or grey
+            levels, no object, or an aspect ratio that does not match ``size``.
     """
     path = Path(path)
     if not path.is_file():
         raise VostoolError(f"{path}: mask file not found")
+    warnings: list[str] = []
     try:
         with Image.open(path) as img:
+            if img.format in LOSSY_FORMATS:
+                raise VostoolError(
+                    f"{path}: JPEG masks are lossy (compression turns every edge into many in-between "
+                    "colours, each of which would become an object); save the mask as PNG"
+                )
             img.load()
             mode = img.mode
             if mode == "P":
@@ -138,7 +201,7 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> MaskInfo
                 arr = np.array(img.getchannel(0) if mode == "LA" else img)
                 if mode == "LA":
                     arr[np.array(img.getchannel("A")) == 0] = 0
-                ids = _grey_ids(arr, path)
+                ids = _grey_ids(arr, path, mode in ("L", "LA"), warnings)
             else:
                 has_alpha = "A" in img.getbands() or "transparency" in img.info
                 rgba = np.array(img.convert("RGBA" if has_alpha else "RGB"))
@@ -156,7 +219,7 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> MaskInfo
     object_ids = [int(v) for v in np.unique(ids) if v != 0]
     if not object_ids:
         raise VostoolError(f"{path}: mask has no object (every pixel is background)")
-    return MaskInfo(ids, object_ids, bool(resized), original)
+    return MaskInfo(ids, object_ids, bool(resized), original, warnings)
 
 
 def _save_atomic(img: Image.Image, path: str | Path) -> None:
@@ -174,9 +237,11 @@ def _save_atomic(img: Image.Image, path: str | Path) -> None:
 def save_index_png(path: str | Path, ids: np.ndarray) -> None:
     """Save H x W object ids as a palette PNG with the DAVIS palette.
 
-    uint8 ids (or any ids <= 255) give mode P; larger ids give a 16-bit greyscale PNG.
+    Ids 1..254 give mode P; an id of 255 or more gives a 16-bit greyscale PNG (in a
+    palette PNG 255 is DAVIS void, so object 255 would not read back), which
+    :func:`read_mask` reads back with the same ids.
     """
-    if ids.max(initial=0) > 255:
+    if ids.max(initial=0) >= VOID_ID:
         img = Image.fromarray(np.ascontiguousarray(ids, np.uint16))  # mode I;16
     else:
         ids8 = np.ascontiguousarray(ids, np.uint8)
