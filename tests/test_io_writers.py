@@ -52,14 +52,13 @@ def test_parse_outputs_and_prepare_out_dir(tmp_path):
         parse_outputs("masks,bogus")
     out = tmp_path / "out"
     prepare_out_dir(out, overwrite=False)
-    (out / "masks").mkdir()
-    (out / "masks" / "0.png").write_bytes(b"x")
-    (out / "overlay.mp4").write_bytes(b"x")
+    src_path = make_video(tmp_path / "clip.mkv", n=3)
+    run_writer(src_path, out, {"masks", "overlay"})
     (out / "mine.txt").write_text("keep me")
-    with pytest.raises(VostoolError, match=f"output folder {out} exists; pass --overwrite to replace it"):
+    with pytest.raises(VostoolError, match=r"already holds vostool outputs \(masks/, overlay.mp4\); pass --overwrite"):
         prepare_out_dir(out, overwrite=False)
     prepare_out_dir(out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]  # the emptied manifest goes too
 
 
 def test_all_outputs_round_trip(tmp_path):

@@ -63,8 +63,8 @@ def segment(
 ) -> None:
     """Segment the objects of the first-frame mask through every frame of each input."""
     from vostool.engine import Propagator, load_model, propagate
-    from vostool.io import AsyncWriter, OutputWriter, expand_inputs, open_source, parse_outputs, \
-        prepare_out_dir, read_mask
+    from vostool.io import AsyncWriter, OutputWriter, check_out_dir, expand_inputs, open_source, \
+        output_stem, output_targets, parse_outputs, prepare_out_dir, read_mask
     from vostool.models import recommended_size
 
     wanted = parse_outputs(outputs)
@@ -73,6 +73,11 @@ def segment(
     scale_list = parse_floats(scales, "--scales")
     corrections = _parse_mask_at(mask_at)
     paths = expand_inputs(list(inputs))
+    several = len(paths) > 1
+    dests = [_out_dir(out, path, output_stem(path), several) for path in paths]
+    targets = output_targets(wanted, alpha_format)
+    for dest in dests:  # before any work: never a user's file replaced, --overwrite where needed
+        check_out_dir(dest, targets, overwrite)
     if mask is None and corrections:
         raise VostoolError("--mask-at needs --mask for the first frame")
     if mask is not None and not mask.is_file():
@@ -94,8 +99,7 @@ def segment(
         model.theta_c = theta_c  # type: ignore[assignment]
     internal = size if size is not None else recommended_size(model)
 
-    several = len(paths) > 1
-    for path in paths:
+    for path, dest in zip(paths, dests):
         with open_source(path, fps=fps) as source:
             first = None
             if mask is not None:
@@ -110,8 +114,7 @@ def segment(
                 if info.resized:
                     warn(f"{png} resized to {source.width}x{source.height} with nearest neighbour")
                 extra[idx] = info.ids
-            dest = _out_dir(out, path, source.stem, several)
-            prepare_out_dir(dest, overwrite)
+            prepare_out_dir(dest, overwrite, targets)
             prop = Propagator(model, device=device, precision=precision, size=internal,
                               scales=scale_list, max_objects=max_objects)
             n = 0

@@ -10,7 +10,16 @@ from vostool.io.masks import (
     save_index_png,
     save_rgba_png,
 )
-from vostool.io.video import IMAGE_EXTS, VIDEO_EXTS, FrameSource, expand_inputs, natural_key, open_source
+from vostool.io.outdir import MANIFEST_NAME, check_out_dir, output_targets
+from vostool.io.video import (
+    IMAGE_EXTS,
+    VIDEO_EXTS,
+    FrameSource,
+    expand_inputs,
+    natural_key,
+    open_source,
+    output_stem,
+)
 from vostool.io.writers import (
     ALPHA_FORMATS,
     VALID_OUTPUTS,
@@ -25,6 +34,7 @@ __all__ = [
     "ALPHA_FORMATS",
     "DAVIS_PALETTE",
     "IMAGE_EXTS",
+    "MANIFEST_NAME",
     "PALETTE_RGB",
     "VALID_OUTPUTS",
     "VIDEO_EXTS",
@@ -32,9 +42,12 @@ __all__ = [
     "FrameSource",
     "MaskInfo",
     "OutputWriter",
+    "check_out_dir",
     "expand_inputs",
     "natural_key",
     "open_source",
+    "output_stem",
+    "output_targets",
     "palette_color",
     "parse_outputs",
     "prepare_out_dir",

@@ -47,6 +47,12 @@ def _sorted_files(folder: Path, keep: Callable[[Path], bool]) -> list[Path]:
     return sorted((p for p in folder.iterdir() if keep(p)), key=lambda p: natural_key(p.name))
 
 
+def output_stem(path: Path) -> str:
+    """The name an input's outputs are called by: a video's stem, a folder's name."""
+    path = Path(path)
+    return path.name if path.is_dir() else path.stem
+
+
 class _Prefetcher:
     """Runs ``produce()`` (a generator factory) in a thread, handing items over a bounded queue.
 
@@ -174,7 +180,7 @@ class ImageFolderSource(FrameSource):
 
     def __init__(self, path: Path, fps: float | None = None) -> None:
         super().__init__()
-        self.path, self.is_video, self.has_audio, self.stem = path, False, False, path.name
+        self.path, self.is_video, self.has_audio, self.stem = path, False, False, output_stem(path)
         self.files = _sorted_files(path, _is_image)
         if not self.files:
             raise VostoolError(f"{path}: folder has no images ({', '.join(sorted(IMAGE_EXTS))})")
@@ -222,7 +228,7 @@ class VideoSource(FrameSource):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        self.path, self.is_video, self.stem = path, True, path.stem
+        self.path, self.is_video, self.stem = path, True, output_stem(path)
         with self._open() as container:
             stream = self._video_stream(container)
             self.time_base = stream.time_base or Fraction(1, 1000)

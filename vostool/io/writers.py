@@ -11,8 +11,10 @@ Outputs (``--outputs`` names):
   the source audio copied.
 - ``alpha-video``: ``alpha.mov`` (ProRes 4444) or ``alpha.webm`` (VP9 + alpha).
 
-Every PNG is written atomically; videos go to ``<file>.part`` and are renamed when
-closed, so an interrupted run leaves only complete, playable files. Videos keep the
+Every file is recorded in the folder's manifest before it is written (see
+:mod:`vostool.io.outdir`: ``--overwrite`` replaces only what vostool wrote). Every PNG is
+written atomically; videos go to ``<file>.part`` and are renamed when closed, so an
+interrupted run leaves only complete, playable files. Videos keep the
 source frame count and timestamps (variable frame rate included) and the exact source
 size: an odd-sized overlay is H.264 4:4:4 (``yuv444p``, since 4:2:0 H.264 cannot store an
 odd width or height); ProRes 4444 and VP9 store odd sizes as they are.
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,12 +37,12 @@ import numpy as np
 
 from vostool.errors import VostoolError
 from vostool.io.masks import PALETTE_RGB, save_gray_png, save_index_png, save_rgba_png
+from vostool.io.outdir import Manifest, check_out_dir, output_targets, prepare_out_dir
 from vostool.io.video import FrameSource
 from vostool.types import Frame, FrameResult
 
 VALID_OUTPUTS: tuple[str, ...] = ("masks", "objects", "probs", "alpha", "matte", "overlay", "alpha-video")
 ALPHA_FORMATS: tuple[str, ...] = ("mov", "webm")
-_OWN_FILES = ("masks", "objects", "probs", "alpha", "matte", "overlay.mp4", "alpha.mov", "alpha.webm")
 
 Warn = Callable[[str], None]
 
@@ -60,29 +61,6 @@ def parse_outputs(text: str) -> set[str]:
         what = f"unknown output {', '.join(unknown)}" if unknown else "no output selected"
         raise VostoolError(f"{what}; valid outputs: {', '.join(VALID_OUTPUTS)} (or all)")
     return names
-
-
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create ``out_dir``; if it exists and is not empty, require ``overwrite``.
-
-    With ``overwrite`` only vostool's own outputs are removed; other files are kept.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VostoolError(f"output path {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise VostoolError(f"output folder {out_dir} exists; pass --overwrite to replace it")
-        for name in _OWN_FILES:
-            for path in (out_dir / name, out_dir / f"{name}.part"):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                elif path.exists() or path.is_symlink():
-                    path.unlink()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VostoolError(f"cannot create output folder {out_dir} ({exc.strerror or exc})") from None
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -119,33 +97,36 @@ def render_overlay(image: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- PNG outputs
 
-PngWriter = Callable[[Path, Frame, FrameResult, "np.ndarray | None"], None]
+PngFile = tuple[str, Callable[[Path, np.ndarray], None], np.ndarray]  # (relative path, saver, image)
+PngOutput = Callable[[Frame, FrameResult, "np.ndarray | None"], list[PngFile]]
 
 
-def _png_masks(out: Path, frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> None:
-    save_index_png(out / "masks" / f"{frame.name}.png", result.index)
+def _png_masks(frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> list[PngFile]:
+    return [(f"masks/{frame.name}.png", save_index_png, result.index)]
 
 
-def _png_objects(out: Path, frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> None:
-    for oid in result.object_ids:
-        mask = np.where(result.index == oid, np.uint8(255), np.uint8(0))
-        save_gray_png(out / "objects" / str(oid) / f"{frame.name}.png", mask)
+def _png_objects(frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> list[PngFile]:
+    return [
+        (f"objects/{oid}/{frame.name}.png", save_gray_png,
+         np.where(result.index == oid, np.uint8(255), np.uint8(0)))
+        for oid in result.object_ids
+    ]
 
 
-def _png_probs(out: Path, frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> None:
-    for k, oid in enumerate(result.object_ids):
-        save_gray_png(out / "probs" / str(oid) / f"{frame.name}.png", result.probs[k])
+def _png_probs(frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> list[PngFile]:
+    return [(f"probs/{oid}/{frame.name}.png", save_gray_png, result.probs[k])
+            for k, oid in enumerate(result.object_ids)]
 
 
-def _png_alpha(out: Path, frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> None:
-    save_rgba_png(out / "alpha" / f"{frame.name}.png", np.dstack((frame.image, alpha)))
+def _png_alpha(frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> list[PngFile]:
+    return [(f"alpha/{frame.name}.png", save_rgba_png, np.dstack((frame.image, alpha)))]
 
 
-def _png_matte(out: Path, frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> None:
-    save_gray_png(out / "matte" / f"{frame.name}.png", alpha)
+def _png_matte(frame: Frame, result: FrameResult, alpha: np.ndarray | None) -> list[PngFile]:
+    return [(f"matte/{frame.name}.png", save_gray_png, alpha)]
 
 
-_PNG_OUTPUTS: dict[str, PngWriter] = {
+_PNG_OUTPUTS: dict[str, PngOutput] = {
     "masks": _png_masks,
     "objects": _png_objects,
     "probs": _png_probs,
@@ -388,6 +369,7 @@ class OutputWriter:
             )
             for spec in specs
         ]
+        self._manifest = Manifest(self.out_dir)
 
     def write(self, frame: Frame, result: FrameResult) -> None:
         """Write every selected output for one frame (``result`` at the frame's size)."""
@@ -401,8 +383,11 @@ class OutputWriter:
                 )
             alpha = result.foreground(self.alpha_object)
         try:
-            for write_png in self._pngs:
-                write_png(self.out_dir, frame, result, alpha)
+            pngs = [item for png_output in self._pngs for item in png_output(frame, result, alpha)]
+            # on record before anything is created: --overwrite may later replace exactly these
+            self._manifest.record([rel for rel, _, _ in pngs] + [v.path.name for v in self._videos])
+            for rel, save, image in pngs:
+                save(self.out_dir / rel, image)
             if self._videos:
                 pts = frame.pts if frame.pts is not None else frame.index
                 tb = frame.time_base if frame.pts is not None and frame.time_base else self._fallback_tb
@@ -417,6 +402,7 @@ class OutputWriter:
         if self._closed:
             return
         self._closed = True
+        self._manifest.close()
         errors = []
         for video in self._videos:
             try:

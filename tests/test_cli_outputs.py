@@ -1,0 +1,99 @@
+"""`vostool segment` output folders: --overwrite never touches a user's file, name clashes are
+refused before any work, and a run stopped by a signal leaves only complete, playable files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from test_io_helpers import make_video
+from vostool.cli.app import app
+from vostool.io import MANIFEST_NAME
+from vostool.io.masks import save_index_png
+from vostool.models import build_model, save_checkpoint
+
+runner = CliRunner()
+W, H = 64, 48
+
+
+def frame_fn(i: int, width: int = W, height: int = H) -> np.ndarray:
+    img = np.full((height, width, 3), 30, np.uint8)
+    img[8:20, 4 + i % 30 : 16 + i % 30] = (220, 40, 40)
+    return img
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    video = make_video(root / "clip.mp4", n=4, codec="libx264", frame_fn=frame_fn)
+    mask = np.zeros((H, W), np.uint8)
+    mask[8:20, 4:16] = 3
+    save_index_png(root / "first.png", mask)
+    torch.manual_seed(0)
+    weights = save_checkpoint(build_model("crvos"), root / "crvos.safetensors", extra={"size": 32})
+    return root, video, root / "first.png", weights
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in (result.output or "")
+    return result
+
+
+def error_line(result) -> str:
+    assert result.exit_code != 0
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def test_overwrite_keeps_the_users_mask_and_notes(data, tmp_path):
+    _, video, mask, weights = data
+    proj = tmp_path / "proj"
+    (proj / "masks").mkdir(parents=True)
+    shutil.copy(video, proj / "clip.mp4")
+    shutil.copy(mask, proj / "masks" / "first.png")
+    (proj / "notes.txt").write_text("my notes")
+    for _ in range(2):  # the reported command, twice: the second run replaces its own overlay
+        r = run("segment", proj / "clip.mp4", "--mask", proj / "masks" / "first.png", "--outputs", "overlay",
+                "--out", proj, "--overwrite", "--weights", weights, "--device", "cpu", "--quiet")
+        assert r.exit_code == 0, r.output
+    assert tree(proj) == [MANIFEST_NAME, "clip.mp4", "masks", "masks/first.png", "notes.txt", "overlay.mp4"]
+    assert (proj / "masks" / "first.png").read_bytes() == mask.read_bytes()
+    assert (proj / "notes.txt").read_text() == "my notes"
+    with av.open(str(proj / "overlay.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 4
+
+    # masks/ would mix the results with the user's mask: refused before anything is written
+    before = {p: p.stat().st_mtime_ns for p in proj.rglob("*")}
+    line = error_line(run("segment", proj / "clip.mp4", "--mask", proj / "masks" / "first.png", "--outputs",
+                          "masks,overlay", "--out", proj, "--overwrite", "--weights", weights))
+    assert "masks/first.png" in line and "not written by vostool" in line
+    assert {p: p.stat().st_mtime_ns for p in proj.rglob("*")} == before
+
+
+def test_overwrite_replaces_vostools_own_outputs(data, tmp_path):
+    _, video, mask, weights = data
+    out = tmp_path / "o"
+    assert run("segment", video, "--mask", mask, "--out", out, "--outputs", "masks,objects",
+               "--weights", weights, "--quiet").exit_code == 0
+    (out / "mine.txt").write_text("keep")
+    line = error_line(run("segment", video, "--mask", mask, "--out", out, "--outputs", "masks",
+                          "--weights", weights))
+    assert "already holds vostool outputs (masks/)" in line and "--overwrite" in line
+    r = run("segment", video, "--mask", mask, "--out", out, "--outputs", "masks", "--overwrite",
+            "--weights", weights, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [f"{i:05d}.png" for i in range(4)]
+    assert (out / "mine.txt").read_text() == "keep" and (out / "objects" / "3").is_dir()
