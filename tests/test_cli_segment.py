@@ -168,7 +168,13 @@ def test_error_paths(data, tmp_path):
 
 def test_missing_shipped_weights_message(data, tmp_path, monkeypatch):
     root, video, mask, weights = data
+    import vostool.models.weights as shipped
+
+    # nothing in $VOSTOOL_WEIGHTS, the package or the cache, and no download URL
     monkeypatch.setenv("VOSTOOL_WEIGHTS", str(tmp_path / "noweights"))
+    monkeypatch.setenv("VOSTOOL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VOSTOOL_WEIGHTS_URL", raising=False)
+    monkeypatch.setattr(shipped, "package_weights_dir", lambda: tmp_path / "nopackage")
     line = _error(run("segment", video, "--mask", mask, "--out", tmp_path / "o"))
     assert "no shipped weights" in line
 

@@ -80,15 +80,23 @@ def build_model(
 
 # -- checkpoints ----------------------------------------------------------------------
 def weights_dir() -> Path:
-    """Where shipped checkpoints live: ``$VOSTOOL_WEIGHTS`` or the project's ``weights/``."""
-    env = os.environ.get("VOSTOOL_WEIGHTS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "weights"
+    """The first folder searched for shipped checkpoints: ``$VOSTOOL_WEIGHTS`` when set, else
+    the package's ``vostool/weights/`` (see :mod:`vostool.models.weights` for the whole order)."""
+    from vostool.models.weights import search_dirs
+
+    return search_dirs()[0][1]
 
 
 def default_weights(name: str) -> Path:
-    return weights_dir() / f"{name}.safetensors"
+    """The local shipped checkpoint of ``name`` ($VOSTOOL_WEIGHTS, package, cache; no download);
+    when there is none, the path it would have in the package (which does not exist)."""
+    from vostool.models.weights import Weights, find_weights, package_weights_dir
+
+    found = find_weights(name)
+    if found is not None:
+        return found
+    rec = Weights.for_model(name)
+    return package_weights_dir() / (rec.file if rec else f"{name}.safetensors")
 
 
 def save_checkpoint(
@@ -150,17 +158,16 @@ def load_weights_strict(model: VOSModel, state: dict[str, torch.Tensor], source:
 def load_model(name: str, weights: str | Path | None = None, backbone: str | None = None) -> VOSModel:
     """Build model ``name`` and load its checkpoint strictly.
 
-    weights: a checkpoint path; None takes the shipped ``weights/<name>.safetensors``.
+    weights: a checkpoint path; None takes the shipped checkpoint, found by
+    :func:`vostool.models.weights.resolve_weights` ($VOSTOOL_WEIGHTS, the package, the cache,
+    then a download).
     The architecture (backbone, sizes) comes from the checkpoint's metadata; asking for a
     different backbone than the checkpoint's is an error.
     """
+    from vostool.models.weights import resolve_weights
+
     spec = get_spec(name)
-    path = Path(weights) if weights is not None else default_weights(name)
-    if weights is None and not path.is_file():
-        raise VostoolError(
-            f"no shipped weights for '{name}' at {path}; train them with `vostool train --model {name}` "
-            f"or pass --weights"
-        )
+    path = Path(weights) if weights is not None else resolve_weights(name)
     state, meta = read_checkpoint(path)
     if meta.get("model", name) != name:
         raise VostoolError(f"{path} holds weights for model '{meta['model']}', not '{name}'")
