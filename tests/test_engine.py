@@ -122,6 +122,61 @@ def test_multiscale_averages_lanes():
     assert _iou(r.index == 7, mask == 7) > 0.8
 
 
+class ScaleSpyModel(CopyModel):
+    """CopyModel whose logits depend on the input scale (so that averaging shows) and
+    that records the size of every feedback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fed: list[tuple[int, int]] = []
+
+    def update(self, image, feats, state, probs):
+        self.fed.append(tuple(probs.shape[-2:]))
+        assert probs.shape[-2:] == image.shape[-2:]
+        return {"prev": probs}
+
+    def predict(self, image, feats, state):
+        logits = super().predict(image, feats, state)
+        return logits + torch.tensor([0.0, 1.0 if image.shape[-1] < 60 else -1.0]).view(1, 2, 1, 1)
+
+
+def test_multiscale_merges_and_feeds_back_at_the_base_size():
+    """Issue 12, defect 3: with --scales 0.5,1.0 the scales were averaged, merged, output
+    and fed back at the first listed scale (half resolution)."""
+    import torch.nn.functional as F
+
+    from vostool.models.blocks import soft_aggregate
+
+    frames, mask = _clip()  # 45 x 77; size 40: base 40 x 68 (padded 40 x 72), half 20 x 34 (24 x 40)
+    results = {}
+    for scales in ((0.5, 1.0), (1.0, 0.5)):
+        model = ScaleSpyModel()
+        prop = Propagator(model, device="cpu", precision="fp32", size=40, scales=scales)
+        prop.start(frames[0], mask)
+        assert (prop._base.h, prop._base.w) == (40, 68)
+        # What the step should compute: each scale's probabilities upsampled to the base
+        # size, averaged, merged there.
+        want = []
+        with torch.inference_mode():
+            for lane in prop._lanes:
+                x, feats = prop._encode(frames[1], lane)
+                z = model.predict(x.expand(2, -1, -1, -1), feats, lane.state)
+                p = torch.softmax(z[:, :, : lane.h, : lane.w], 1)[:, 1:2]
+                want.append(F.interpolate(p, (40, 68), mode="bilinear", align_corners=False) if lane.h != 40 else p)
+            merged = soft_aggregate(torch.stack(want).mean(0)[:, 0])
+            expected = prop._result(merged)
+        model.fed.clear()
+        r = prop.step(frames[1])
+        assert np.array_equal(r.probs, expected.probs) and np.array_equal(r.index, expected.index)
+        # Each scale's state is fed back at its own (padded) size, from the base-size merge.
+        assert sorted(model.fed) == [(24, 40), (40, 72)]
+        full = next(lane for lane in prop._lanes if lane.h == 40)
+        assert full.state["prev"].shape[-2:] == (40, 72)
+        results[scales] = [r] + [prop.step(f) for f in frames[2:]]
+    for a, b in zip(results[(0.5, 1.0)], results[(1.0, 0.5)]):  # the order of the scales is irrelevant
+        assert np.array_equal(a.probs, b.probs)
+
+
 def test_input_errors():
     frames, mask = _clip()
     prop = Propagator(CopyModel(), device="cpu", precision="fp32")

@@ -9,7 +9,10 @@ returns :class:`~vostool.types.FrameResult` at the source resolution. Inside it:
 - merges the per-object probabilities with RGMP's soft aggregation and feeds the merged
   (soft) probabilities back to the model for the next frame;
 - owns device, precision (autocast) and memory format (channels_last);
-- optionally averages several input scales (``scales``), each with its own state.
+- optionally averages several input scales (``scales``), each with its own state: the
+  per-scale probabilities are upsampled to the base resolution (scale 1.0, whatever the
+  order or presence of 1.0 in ``scales``), averaged and merged there, the result comes
+  from there and each scale's state is fed back the merged probabilities resized to it.
 
 Its memory is constant in video length: it holds one frame and the model's state.
 
@@ -358,6 +361,8 @@ class Propagator:
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
         self.object_ids: list[int] = []
         self._lanes: list[_Lane] = []
+        #: the base geometry (scale 1.0): scales are averaged, merged and fed back from here
+        self._base = _Lane(0, 0, 0, 0)
         self._src: tuple[int, int] | None = None
         self._lut: tuple[tuple[int, ...], np.ndarray] = ((), np.zeros(1, np.uint8))
         self._pinned: torch.Tensor | None = None
@@ -386,6 +391,7 @@ class Propagator:
         h, w = image.shape[:2]
         self._src = (h, w)
         self._lanes = [self._make_lane(h, w, s) for s in self.scales]
+        self._base = self._make_lane(h, w, 1.0)
         self.object_ids = []
         if masks is None:
             return self._start_zero_shot(image)
@@ -437,11 +443,11 @@ class Propagator:
 
         kept_fg = None
         if keep and not _first:
-            fg = self._predict(image)  # at the base lane
-            kept_fg = fg[keep] * (1 - self._to_lane(claimed[None], self._lanes[0])[0])
+            fg = self._predict(image)  # at the base size
+            kept_fg = fg[keep] * (1 - self._to_lane(claimed[None], self._base)[0])
         new_ids = [self.object_ids[i] for i in keep] + given
 
-        base = self._lanes[0]
+        base = self._base
         given_fg = self._to_lane(given_t[:, None], base)  # G x 1 x h x w
         fg_all = given_fg if kept_fg is None else torch.cat([kept_fg, given_fg])
         merged, feedback = self._merge(fg_all)
@@ -532,8 +538,9 @@ class Propagator:
         return x.expand(k, *x.shape[1:])
 
     def _predict(self, image: np.ndarray) -> torch.Tensor:
-        """Per-object foreground ``K x 1 x h x w`` at the base lane, scales averaged."""
-        base = self._lanes[0]
+        """Per-object foreground ``K x 1 x h x w`` at the base (scale 1.0) size, scales
+        upsampled to it and averaged."""
+        base = self._base
         k = len(self.object_ids)
         out = []
         for lane in self._lanes:
@@ -542,7 +549,7 @@ class Propagator:
                 logits = self.model.predict(
                     self._expand_img(lane.image, k), self.model.expand_features(lane.feats, k), lane.state)
             p = torch.softmax(logits[:, :, : lane.h, : lane.w].float(), dim=1)[:, 1:2]
-            out.append(p if lane is base else self._resize(p, base))
+            out.append(self._resize(p, base))
         return out[0] if len(out) == 1 else torch.stack(out).mean(0)
 
     def _merge(self, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -555,9 +562,11 @@ class Propagator:
         return torch.cat([bg, p]), fg
 
     def _resize(self, x: torch.Tensor, lane: _Lane) -> torch.Tensor:
+        """Probabilities ``N x 1 x h x w`` -> ``lane``'s size (bilinear; area-averaged when shrinking)."""
         if tuple(x.shape[-2:]) == (lane.h, lane.w):
             return x
-        return F.interpolate(x, (lane.h, lane.w), mode="bilinear", align_corners=False)
+        down = x.shape[-2] > lane.h or x.shape[-1] > lane.w
+        return F.interpolate(x, (lane.h, lane.w), mode="bilinear", antialias=down, align_corners=False)
 
     def _to_lane(self, x: torch.Tensor, lane: _Lane) -> torch.Tensor:
         """Source-resolution masks ``N x 1 x H x W`` -> lane resolution (area-averaged)."""
@@ -580,7 +589,7 @@ class Propagator:
         lane.image = lane.feats = None
 
     def _result(self, merged: torch.Tensor) -> FrameResult:
-        """merged ``(K+1) x h x w`` at the base lane -> FrameResult at the source size."""
+        """merged ``(K+1) x h x w`` at the base size -> FrameResult at the source size."""
         h, w = self._src
         if tuple(merged.shape[-2:]) != (h, w):
             down = merged.shape[-2] > h

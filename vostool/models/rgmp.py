@@ -23,7 +23,10 @@ Architecture, point by point against ``papers/rgmp.md``:
 - Inference: previous soft probability as guidance, first frame as reference,
   multi-object by soft aggregation (Eq. 1, done by the engine), optional multi-scale
   averaging (``--scales 0.5,0.75,1.0``, done by the engine, one state per scale; off by
-  default for speed). **Matches.**
+  default for speed): the scales' probabilities are upsampled to the base (1.0)
+  resolution, averaged and merged there, and every scale is fed back that merge (the
+  engine used to do all of it at the first listed scale, i.e. at half resolution with
+  the README's list). **Matches.**
 - Training with recurrence: :meth:`VOSModel.forward_clip` feeds the model its own
   softmax (not binarised) output as the next guidance and back-propagates through time
   over the clip; the paper's N = 5 recurrences is a clip of 6 frames. Loss: the 2-way
