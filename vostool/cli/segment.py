@@ -63,8 +63,8 @@ def segment(
 ) -> None:
     """Segment the objects of the first-frame mask through every frame of each input."""
     from vostool.engine import Propagator, load_model, propagate
-    from vostool.io import AsyncWriter, OutputWriter, check_out_dir, expand_inputs, open_source, \
-        output_stem, output_targets, parse_outputs, prepare_out_dir, read_mask
+    from vostool.io import AsyncWriter, OutputWriter, check_out_dir, check_output_names, expand_inputs, \
+        open_source, output_stem, output_targets, parse_outputs, prepare_out_dir, read_mask
     from vostool.models import recommended_size
 
     wanted = parse_outputs(outputs)
@@ -75,6 +75,7 @@ def segment(
     paths = expand_inputs(list(inputs))
     several = len(paths) > 1
     dests = [_out_dir(out, path, output_stem(path), several) for path in paths]
+    check_output_names(paths, dests)  # no two inputs (or frames) writing the same outputs
     targets = output_targets(wanted, alpha_format)
     for dest in dests:  # before any work: never a user's file replaced, --overwrite where needed
         check_out_dir(dest, targets, overwrite)

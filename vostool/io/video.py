@@ -184,6 +184,7 @@ class ImageFolderSource(FrameSource):
         self.files = _sorted_files(path, _is_image)
         if not self.files:
             raise VostoolError(f"{path}: folder has no images ({', '.join(sorted(IMAGE_EXTS))})")
+        check_frame_names(self.files, path)
         rate = fps if fps is not None else DEFAULT_FOLDER_FPS
         if not rate > 0:
             raise VostoolError(f"--fps must be positive, got {rate}")
@@ -337,3 +338,45 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
                 continue
         result.append(path)
     return result
+
+
+def check_frame_names(files: list[Path], folder: Path) -> None:
+    """Refuse frame files whose outputs would overwrite each other (one-line error).
+
+    Outputs are named after the frame file's stem, so ``002.png`` and ``002.jpg`` (or
+    ``A.png`` and ``a.png``, one file on macOS and Windows) would write one ``masks/002.png``;
+    ``f.tmp.png`` is the name ``f.png``'s output is written under before it is complete.
+    """
+    seen: dict[str, Path] = {}
+    for file in files:
+        key = file.stem.casefold()
+        if key in seen:
+            raise VostoolError(f"{folder}: frames {seen[key].name} and {file.name} would both be written as "
+                               f"{file.stem}.png; rename or remove one")
+        seen[key] = file
+    for key, file in seen.items():
+        if key.endswith(".tmp") and key[: -len(".tmp")] in seen:
+            raise VostoolError(f"{folder}: frame {file.name} is named like the temporary file of "
+                               f"{seen[key[: -len('.tmp')]].name}; rename it")
+
+
+def check_output_names(paths: list[Path], dests: list[Path]) -> None:
+    """Before any work: refuse inputs whose outputs would overwrite each other (one line).
+
+    Two inputs writing to one output folder (``a/clip.mp4`` and ``b/clip.mp4`` with
+    ``--out``, or one input given twice), or a folder of frames with two files of one
+    stem, are refused; names are compared without case.
+    """
+    seen: dict[str, Path] = {}
+    for path, dest in zip(paths, dests):
+        key = str(Path(dest).resolve()).casefold()
+        if key in seen:
+            other = seen[key]
+            if Path(other).resolve() == Path(path).resolve():
+                raise VostoolError(f"input {path} is given twice")
+            raise VostoolError(f"inputs {other} and {path} would both write to {dest}; "
+                               "rename one or segment them in separate runs with their own --out")
+        seen[key] = path
+    for path in paths:
+        if Path(path).is_dir():
+            check_frame_names(_sorted_files(Path(path), _is_image), Path(path))
