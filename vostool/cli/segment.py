@@ -36,6 +36,21 @@ def segment(
                                         "Omit only with --model rvos (zero-shot)."),
     mask_at: list[str] = typer.Option([], "--mask-at", help="FRAME:PNG, add or correct objects at a later frame "
                                       "(repeatable)."),
+    box: list[str] = typer.Option([], "--box", help="X0,Y0,X1,Y1[:ID]: no mask? a box around an object, in source "
+                                  "pixels (repeatable, one per object); the mask is made from it (GrabCut, then "
+                                  "the model)."),
+    point: list[str] = typer.Option([], "--point", help="X,Y[:ID]: a click on an object (repeatable)."),
+    neg_point: list[str] = typer.Option([], "--neg-point", help="X,Y[:ID]: a click on background (repeatable)."),
+    at: Optional[int] = typer.Option(None, "--at", help="Frame of --box/--point (default 0; later frames add "
+                                     "objects like --mask-at and need --mask)."),
+    save_mask: Optional[Path] = typer.Option(None, "--save-mask", help="Write the mask made from --box/--point "
+                                             "to this PNG (to check or touch up, then rerun with --mask)."),
+    mask_dir: Optional[Path] = typer.Option(None, "--mask-dir", help="Folder of first masks, one per input "
+                                            "matched by stem: DIR/<stem>.png or DIR/<stem>/<first>.png."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: do only share K (from 0) of N of the inputs "
+                                        "(Slurm arrays, indexed jobs); under torchrun each rank takes its part."),
+    skip_done: bool = typer.Option(False, "--skip-done", help="Skip inputs whose output folder is complete "
+                                   "(a rerun after preemption); redo the others."),
     model_name: str = typer.Option("crvos", "--model", help="Model name (see `vostool models`)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint (default: the shipped one)."),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|mps"),
@@ -66,6 +81,11 @@ def segment(
     from vostool.io import AsyncWriter, OutputWriter, check_out_dir, check_output_names, expand_inputs, \
         open_source, output_stem, output_targets, parse_outputs, prepare_out_dir, read_mask
     from vostool.models import recommended_size
+    from vostool.cli.batch import plan_jobs, summary_line
+    from vostool.cli.prompt_start import PromptStart
+    from vostool.engine.shard import current_worker, finish_distributed, gather_to_rank0, init_distributed, \
+        worker_device
+    from vostool.io.completion import clear_done, mark_done
 
     wanted = parse_outputs(outputs)
     if alpha_format not in ("mov", "webm"):
@@ -77,9 +97,19 @@ def segment(
     dests = [_out_dir(out, path, output_stem(path), several) for path in paths]
     check_output_names(paths, dests)  # no two inputs (or frames) writing the same outputs
     targets = output_targets(wanted, alpha_format)
+    worker = current_worker(shard)
+    if mask_dir is not None and (mask is not None or box or point or neg_point):
+        raise VostoolError("--mask-dir gives each input its first mask: use it without --mask, --box or --point")
+    plan = plan_jobs(paths, dests, worker, mask_dir, skip_done, wanted)
+    paths, dests = [j.path for j in plan.jobs], [j.dest for j in plan.jobs]
+    job_masks = {j.path: j.mask for j in plan.jobs if j.mask is not None}
+    overwrite = overwrite or skip_done  # a video not done again replaces vostool's own partial outputs
+    device = worker_device(device, worker)
+    starter = PromptStart.from_options(box, point, neg_point, at, save_mask, mask, corrections)
+    has_first = mask is not None or mask_dir is not None or (starter is not None and starter.at == 0)
     for dest in dests:  # before any work: never a user's file replaced, --overwrite where needed
         check_out_dir(dest, targets, overwrite)
-    if mask is None and corrections:
+    if not has_first and corrections:
         raise VostoolError("--mask-at needs --mask for the first frame")
     if mask is not None and not mask.is_file():
         raise VostoolError(f"mask not found: {mask}")
@@ -91,7 +121,7 @@ def segment(
         given_ids.update(early.object_ids)
 
     model = load_model(model_name, weights=weights)
-    if mask is None and not model.supports_zero_shot:
+    if not has_first and not model.supports_zero_shot:
         raise VostoolError(f"--mask is required: model '{model_name}' needs a first-frame mask; "
                            "only rvos segments without one (zero-shot)")
     if theta_c is not None:
@@ -99,12 +129,19 @@ def segment(
             raise VostoolError(f"--theta-c applies to dtn only, not '{model_name}'")
         model.theta_c = theta_c  # type: ignore[assignment]
     internal = size if size is not None else recommended_size(model)
+    if starter is not None:
+        for path in paths:
+            with open_source(path, fps=fps) as src:
+                starter.check_source(src.width, src.height, src.num_frames, path.name)
+    dist_created = init_distributed(worker)
+    reports: list[dict] = [{"input": str(j.path), "skipped": True} for j in plan.skipped]
 
     for path, dest in zip(paths, dests):
         with open_source(path, fps=fps) as source:
             first = None
-            if mask is not None:
-                info = read_mask(mask, size=(source.width, source.height))
+            video_mask = job_masks.get(path, mask)
+            if video_mask is not None:
+                info = read_mask(video_mask, size=(source.width, source.height))
                 if info.resized:
                     warn(f"mask is {info.original_size[0]}x{info.original_size[1]} but the video is "
                          f"{source.width}x{source.height}; resized with nearest neighbour")
@@ -116,18 +153,29 @@ def segment(
                     warn(f"{png} resized to {source.width}x{source.height} with nearest neighbour")
                 extra[idx] = info.ids
             prepare_out_dir(dest, overwrite, targets)
+            clear_done(dest)
             prop = Propagator(model, device=device, precision=precision, size=internal,
                               scales=scale_list, max_objects=max_objects)
+            frames, used = source, [True]
+            if starter is not None:
+                frames, first, extra, used = starter.frames(
+                    source, first, extra, prop, lambda: Propagator(
+                        model, device=device, precision=precision, size=internal, scales=scale_list),
+                    starter.save_path(source.stem, several))
             n = 0
             t0 = time.perf_counter()
             with make_progress(quiet) as progress:
                 task = progress.add_task(path.name, total=source.num_frames, fps=0.0)
                 with AsyncWriter(OutputWriter(dest, wanted, source, alpha_object=alpha_object,
                                               alpha_format=alpha_format, warn=warn)) as writer:
-                    for frame, result in propagate(prop, source, first, extra):
+                    for frame, result in propagate(prop, frames, first, extra):
                         writer.write(frame, result)
                         n += 1
                         progress.update(task, advance=1, fps=n / max(time.perf_counter() - t0, 1e-9))
+            mark_done(dest, wanted, targets, frames=n, input=str(path), model=model_name)
+            reports.append({"input": str(path), "frames": n, "seconds": time.perf_counter() - t0})
+            if not used[0]:
+                warn(f"--at {starter.at} is past the last frame ({n - 1}): the prompts were not used")
             missing = sorted(i for i in extra if i >= n)
             if missing:
                 warn(f"--mask-at frame(s) {missing} are past the last frame ({n - 1}) and were not used")
@@ -135,3 +183,9 @@ def segment(
                 dt = time.perf_counter() - t0
                 console.print(f"{path.name}: {n} frames in {dt:.1f} s ({n / max(dt, 1e-9):.1f} fps) "
                               f"on {prop.device_name}, {prop.precision} -> {dest}", highlight=False, soft_wrap=True)
+    gathered = gather_to_rank0(worker, reports)
+    finish_distributed(dist_created)
+    if gathered is not None and not quiet and (worker.count > 1 or plan.skipped):
+        where = f" [{worker.describe()}]" if worker.count > worker.world_size else ""
+        console.print(summary_line(gathered, plan.total, worker.world_size) + where, highlight=False,
+                      soft_wrap=True)
