@@ -134,3 +134,46 @@ def test_checkpoint_roundtrip(tmp_path: Path) -> None:
     save_file(state, str(broken), metadata=meta)
     with pytest.raises(VostoolError, match="missing"):
         load_model("rgmp", weights=broken)
+
+
+def test_background_is_the_network_output_on_the_merged_foreground() -> None:
+    """Issue 12, defect 4: RGMP's soft aggregation takes the background from the network
+    run on the merged foreground (one extra object: the union), not ``1 - max_k p_k``."""
+    from vostool.models.blocks import soft_aggregate
+
+    assert RGMP.background_from_union is True
+    assert [s.name for s in list_models() if s.cls.background_from_union] == ["rgmp"]
+    torch.manual_seed(0)
+    model = build_model("rgmp", channels=[32, 16, 16])
+    frames, first = two_squares_clip()
+    prop = Propagator(model, device="cpu", precision="fp32", size=None, fold_batchnorm=False)
+    prop.start(frames[0], first)
+    lane = prop._lanes[0]
+    union0 = torch.from_numpy((first > 0).astype(np.float32))
+    assert lane.state["guide"].shape[0] == 3  # objects 3 and 7, then their union
+    assert torch.allclose(lane.state["guide"][2, 0, :60, :80], union0, atol=1e-5)
+    for img in frames[1:3]:
+        # What the step should compute: background = 1 - the union row's output.
+        with torch.inference_mode():
+            x, feats = prop._encode(img, lane)
+            p = torch.softmax(model.predict(x.expand(3, -1, -1, -1), feats, lane.state), 1)[:, 1, :60, :80]
+            want = soft_aggregate(p[:2], background=1 - p[2:])
+            plain = soft_aggregate(p[:2])
+        r = prop.step(img)
+        assert np.array_equal(r.probs, prop._result(want).probs)
+        assert not np.array_equal(r.probs, prop._result(plain).probs)
+        # The union is fed back the merged foreground, each object its merged probability.
+        g = lane.state["guide"][:, 0, :60, :80]
+        assert torch.allclose(g[2], 1 - want[0], atol=1e-5) and torch.allclose(g[:2], want[1:], atol=1e-5)
+    # An object added later restarts the union from the merged foreground there.
+    extra = np.zeros_like(first)
+    extra[40:55, 2:12] = 9
+    r = prop.add_objects(frames[3], extra)
+    assert r.object_ids == [3, 7, 9] and lane.state["guide"].shape[0] == 4
+    assert lane.state["ref"].shape[0] == 4
+    r = prop.step(frames[4])
+    assert r.probs.shape == (3, *first.shape) and set(np.unique(r.index)) <= {0, 3, 7, 9}
+    # One object: its union is itself, no extra run, the same as 1 - max_k p_k.
+    prop = Propagator(model, device="cpu", precision="fp32", size=None, fold_batchnorm=False)
+    prop.start(frames[0], (first == 3).astype(np.uint8) * 3)
+    assert prop._lanes[0].state["guide"].shape[0] == 1

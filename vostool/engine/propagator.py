@@ -7,7 +7,11 @@ returns :class:`~vostool.types.FrameResult` at the source resolution. Inside it:
   it to a multiple of the model's stride; predictions are cropped and resized back;
 - runs all objects as one batch through the model, the frame encoded once;
 - merges the per-object probabilities with RGMP's soft aggregation and feeds the merged
-  (soft) probabilities back to the model for the next frame;
+  (soft) probabilities back to the model for the next frame; the background term is
+  ``1 - max_k p_k``, or, for models that declare ``background_from_union`` (RGMP), one
+  minus the network's output on the merged foreground: with two or more objects the
+  model runs one extra row (the union of the objects, started from their merged mask
+  and fed back the merged foreground, the last row of every lane's state);
 - owns device, precision (autocast) and memory format (channels_last);
 - optionally averages several input scales (``scales``), each with its own state: the
   per-scale probabilities are upsampled to the base resolution (scale 1.0, whatever the
@@ -363,6 +367,8 @@ class Propagator:
         self._lanes: list[_Lane] = []
         #: the base geometry (scale 1.0): scales are averaged, merged and fed back from here
         self._base = _Lane(0, 0, 0, 0)
+        #: the lanes' states hold one extra last row, the objects' union (background_from_union)
+        self._union = False
         self._src: tuple[int, int] | None = None
         self._lut: tuple[tuple[int, ...], np.ndarray] = ((), np.zeros(1, np.uint8))
         self._pinned: torch.Tensor | None = None
@@ -393,6 +399,7 @@ class Propagator:
         self._lanes = [self._make_lane(h, w, s) for s in self.scales]
         self._base = self._make_lane(h, w, 1.0)
         self.object_ids = []
+        self._union = False
         if masks is None:
             return self._start_zero_shot(image)
         return self.add_objects(image, masks, _first=True)
@@ -450,7 +457,9 @@ class Propagator:
         base = self._base
         given_fg = self._to_lane(given_t[:, None], base)  # G x 1 x h x w
         fg_all = given_fg if kept_fg is None else torch.cat([kept_fg, given_fg])
-        merged, feedback = self._merge(fg_all)
+        merged, feedback = self._merge(fg_all, union=False)  # no union prediction for the new set
+        union = (self.model.uses_soft_aggregation and self.model.background_from_union
+                 and len(new_ids) >= 2)
 
         for lane in self._lanes:
             if kept_fg is None:  # nothing predicted on this frame yet: encode it here
@@ -469,7 +478,12 @@ class Propagator:
                     self._expand_img(lane.image, len(given)),
                     self.model.expand_features(lane.feats, len(given)), g)
                 lane.state = VOSModel.cat_states(parts, new)
+                if union:  # the union restarts here from the merged foreground
+                    u = self._pad(self._resize(1 - merged[None, :1], lane), lane)
+                    lane.state = VOSModel.cat_states(lane.state, self.model.init_state(
+                        lane.image, self.model.expand_features(lane.feats, 1), u))
         self.object_ids = new_ids
+        self._union = union
         result = self._result(merged)
         # The given masks are exact at the source resolution.
         idx = result.index
@@ -541,7 +555,7 @@ class Propagator:
         """Per-object foreground ``K x 1 x h x w`` at the base (scale 1.0) size, scales
         upsampled to it and averaged."""
         base = self._base
-        k = len(self.object_ids)
+        k = self._rows()
         out = []
         for lane in self._lanes:
             lane.image, lane.feats = self._encode(image, lane)
@@ -552,10 +566,21 @@ class Propagator:
             out.append(self._resize(p, base))
         return out[0] if len(out) == 1 else torch.stack(out).mean(0)
 
-    def _merge(self, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fg ``K x 1 x h x w`` -> (all ``(K+1) x h x w`` with background first, feedback)."""
+    def _rows(self) -> int:
+        """Rows of the lanes' states: the objects, plus their union (background_from_union)."""
+        return len(self.object_ids) + int(self._union)
+
+    def _merge(self, fg: torch.Tensor, union: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """fg ``R x 1 x h x w`` -> (all ``(K+1) x h x w`` with background first, feedback
+        ``R x 1 x h x w``). With ``union`` (default: the lanes hold a union row) the last
+        row of ``fg`` is the network's output on the merged foreground: the background is
+        one minus it (RGMP), and the union is fed back the merged foreground."""
+        union = self._union if union is None else union
         p = fg[:, 0]
         if self.model.uses_soft_aggregation:
+            if union:
+                merged = soft_aggregate(p[:-1], background=1 - p[-1:])
+                return merged, torch.cat([merged[1:], 1 - merged[:1]])[:, None]
             merged = soft_aggregate(p)
             return merged, merged[1:, None]
         bg = 1 - p.amax(0, keepdim=True) if len(p) else torch.ones_like(p[:1])
@@ -581,7 +606,7 @@ class Propagator:
         return F.pad(x, (0, lane.pw - lane.w, 0, lane.ph - lane.h))
 
     def _feed_back(self, lane: _Lane, feedback: torch.Tensor) -> None:
-        k = len(self.object_ids)
+        k = self._rows()
         fb = self._pad(self._resize(feedback, lane), lane)
         with autocast(self.device, self.precision):
             lane.state = self.model.update(

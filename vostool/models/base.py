@@ -40,6 +40,10 @@ class VOSModel(nn.Module):
     stride: ClassVar[int] = 16
     #: merge objects with RGMP soft aggregation (False: the model handles objects jointly)
     uses_soft_aggregation: ClassVar[bool] = True
+    #: soft aggregation's background term is one minus the network's output on the merged
+    #: foreground (RGMP: the engine runs the union of the objects as one more object);
+    #: False: ``1 - max_k p_k`` (no extra run)
+    background_from_union: ClassVar[bool] = False
     #: can segment without a first-frame mask (RVOS zero-shot)
     supports_zero_shot: ClassVar[bool] = False
     #: zero-shot models: the number of object slots the engine decodes when the caller

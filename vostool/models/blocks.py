@@ -32,18 +32,22 @@ def coord_maps(
     return torch.stack([yy, xx, rr]).unsqueeze(0).expand(batch, 3, height, width)
 
 
-def soft_aggregate(probs: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+def soft_aggregate(probs: torch.Tensor, eps: float = 1e-7, background: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax aggregation of independent per-object probabilities (RGMP Eq. 1).
 
     probs: ``K x ... `` foreground probability of each object from a single-object network.
+    background: ``1 x ...`` the background's "network output"; default ``1 - max_k p_k``.
+    RGMP computes it as one minus the network's output on the merged foreground (the
+    engine passes that for models with ``background_from_union``); ``1 - max_k p_k`` is
+    the same with one object and the convention for the others.
     Returns ``(K + 1) x ...``: background first, then the objects; positive, sums to 1.
-    The background's network output is ``1 - max_k p_k`` (the merged foreground
-    subtracted from 1), as the paper describes.
     """
     if probs.shape[0] == 0:
         return torch.ones((1, *probs.shape[1:]), dtype=probs.dtype, device=probs.device)
     fg = probs.clamp(eps, 1 - eps)
-    bg = (1 - probs.max(dim=0, keepdim=True).values).clamp(eps, 1 - eps)
+    if background is None:
+        background = 1 - probs.max(dim=0, keepdim=True).values
+    bg = background.to(fg.dtype).clamp(eps, 1 - eps)
     p = torch.cat([bg, fg], dim=0)
     logit = torch.log(p) - torch.log1p(-p)
     return torch.softmax(logit, dim=0)

@@ -21,7 +21,17 @@ Architecture, point by point against ``papers/rgmp.md``:
   (background, object) and the softmax (in the engine / the loss). Output at 1/4 of the
   input, upsampled bilinearly to the input size inside :meth:`RGMP.predict`. **Matches.**
 - Inference: previous soft probability as guidance, first frame as reference,
-  multi-object by soft aggregation (Eq. 1, done by the engine), optional multi-scale
+  multi-object by soft aggregation (Eq. 1, done by the engine) whose background term is,
+  as the paper says, "the network output of the merged foreground" subtracted from 1:
+  ``background_from_union = True`` makes the engine run the union of the objects as one
+  more object (reference: the first frame with the union of the given masks; guidance:
+  the merged foreground of the previous frame, ``1 -`` the merged background), so K
+  objects cost K + 1 network runs per frame (one object: none extra, the union is the
+  object). The engine used ``1 - max_k p_k`` (CRVOS's convention, still the default for
+  the models whose papers say nothing). With one object, the DAVIS-2016 case, the two
+  are the same (the engine runs no extra row; dev J&F unchanged). An object added later
+  restarts the union there (reference: that frame and its merged foreground). Optional
+  multi-scale
   averaging (``--scales 0.5,0.75,1.0``, done by the engine, one state per scale; off by
   default for speed): the scales' probabilities are upsampled to the base (1.0)
   resolution, averaged and merged there, and every scale is fed back that merge (the
@@ -126,6 +136,7 @@ class RGMP(VOSModel):
     """
 
     stride = 16
+    background_from_union = True
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False,
