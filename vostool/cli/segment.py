@@ -73,6 +73,8 @@ def segment(
                                               "objects to find (default: the slots the checkpoint was trained with)."),
     theta_c: Optional[float] = typer.Option(None, "--theta-c", help="DTN decision threshold (lower: faster, "
                                             "more box propagation)."),
+    preview: bool = typer.Option(False, "--preview", help="Also write preview.jpg: a contact sheet of 12 "
+                                 "overlay frames spread over the video, with their frame numbers."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs in an existing folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
@@ -96,7 +98,7 @@ def segment(
     several = len(paths) > 1
     dests = [_out_dir(out, path, output_stem(path), several) for path in paths]
     check_output_names(paths, dests)  # no two inputs (or frames) writing the same outputs
-    targets = output_targets(wanted, alpha_format)
+    targets = output_targets(wanted, alpha_format) + (["preview.jpg"] if preview else [])
     worker = current_worker(shard)
     if mask_dir is not None and (mask is not None or box or point or neg_point):
         raise VostoolError("--mask-dir gives each input its first mask: use it without --mask, --box or --point")
@@ -167,7 +169,8 @@ def segment(
             with make_progress(quiet) as progress:
                 task = progress.add_task(path.name, total=source.num_frames, fps=0.0)
                 with AsyncWriter(OutputWriter(dest, wanted, source, alpha_object=alpha_object,
-                                              alpha_format=alpha_format, warn=warn)) as writer:
+                                              alpha_format=alpha_format, warn=warn,
+                                              preview=12 if preview else 0)) as writer:
                     for frame, result in propagate(prop, frames, first, extra):
                         writer.write(frame, result)
                         n += 1

@@ -332,6 +332,8 @@ class OutputWriter:
         alpha_object: object whose probability is the alpha (None = all objects).
         alpha_format: ``mov`` (ProRes 4444) or ``webm`` (VP9 with alpha).
         warn: called with a one-line message for non-fatal problems.
+        preview: tiles of ``preview.jpg``, a contact sheet of overlay frames spread over the
+            video (:mod:`vostool.io.preview`), written on close; 0 = none.
     """
 
     def __init__(
@@ -342,6 +344,7 @@ class OutputWriter:
         alpha_object: int | None = None,
         alpha_format: str = "mov",
         warn: Warn | None = None,
+        preview: int = 0,
     ) -> None:
         unknown = set(outputs) - set(VALID_OUTPUTS)
         if unknown:
@@ -370,6 +373,9 @@ class OutputWriter:
             for spec in specs
         ]
         self._manifest = Manifest(self.out_dir)
+        from vostool.io.preview import ContactSheet  # it imports this module
+
+        self._preview = ContactSheet(preview, source.num_frames) if preview > 0 else None
 
     def write(self, frame: Frame, result: FrameResult) -> None:
         """Write every selected output for one frame (``result`` at the frame's size)."""
@@ -393,6 +399,8 @@ class OutputWriter:
                 tb = frame.time_base if frame.pts is not None and frame.time_base else self._fallback_tb
                 for video in self._videos:
                     video.write(video.spec.render(frame, result, alpha), pts, tb)
+            if self._preview is not None:
+                self._preview.add(frame, result)
         except (OSError, av.FFmpegError) as exc:
             raise VostoolError(f"cannot write outputs to {self.out_dir} ({exc})") from None
         self.frames_written += 1
@@ -402,8 +410,16 @@ class OutputWriter:
         if self._closed:
             return
         self._closed = True
+        errors: list[BaseException] = []
+        if self._preview is not None and self._preview.seen:
+            from vostool.io.preview import PREVIEW_NAME
+
+            try:
+                self._manifest.record([PREVIEW_NAME])
+                self._preview.save(self.out_dir / PREVIEW_NAME)
+            except BaseException as exc:
+                errors.append(exc)
         self._manifest.close()
-        errors = []
         for video in self._videos:
             try:
                 video.close(aborted)
