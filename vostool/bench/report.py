@@ -67,8 +67,9 @@ def conditions_lines(results: Sequence[BenchResult], baseline: BaselineResult | 
         return values[0] if len(values) == 1 else "/".join(values)
 
     src = r0.source_hw
+    isa = sorted({r.cpu_isa for r in results if r.cpu_isa})
     lines = [
-        f"device: {one('device')}",
+        f"device: {one('device')}" + (f"; CPU ISA: {' / '.join(isa)}" if isa else ""),
         f"torch {r0.torch}; precision {one('precision')}; channels_last {one('channels_last')}; "
         f"torch.compile {one('compile')}; threads {_threads(results)} (interop {one('interop_threads')})",
         f"input: {r0.input} {src[0]}x{src[1]} (HxW), internal size {one('size')} (network input "
@@ -80,6 +81,11 @@ def conditions_lines(results: Sequence[BenchResult], baseline: BaselineResult | 
         f"memory: {r0.peak_mem_kind.replace('_', ' ')}"
         + ("" if r0.device_type == "cuda" else "; (+model) = growth over the RSS before the model was built"),
     ]
+    paths = list(dict.fromkeys(r.inference_path for r in results if r.inference_path))
+    if len(paths) == 1:
+        lines.append(f"inference path: {paths[0]}")
+    else:
+        lines.extend(f"inference path ({r.model}): {r.inference_path}" for r in results if r.inference_path)
     based = [r for r in results if r.baseline_ms is not None]
     if based:
         each = ", ".join(f"{r.baseline_ms:.0f} ms at {r.baseline_threads} thr" for r in based)

@@ -93,6 +93,9 @@ class BenchResult:
     baseline_ratio: float | None = None     # ms_median / baseline_ms
     compile_s: float | None = None          # first-call time with --compile (compilation)
     notes: list[str] = field(default_factory=list)
+    backend: str = "torch"                  # what ran the backbones: torch | onnxruntime
+    inference_path: str = ""                # which path ran and why, in words
+    cpu_isa: str | None = None              # CPU vector ISA in use (caps honoured); None off the CPU
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -351,7 +354,7 @@ def benchmark(
     size: int | None = 480, objects: int = 1, frames: int = 60, warmup: int = 5, compile: bool = False,
     input: str | Path | None = None, long: int | None = None, channels_last: bool = True,
     end_to_end: bool = True, baseline: bool = False, baseline_frames: int = 10,
-    threads: int | None = None, progress: Callable[[str], None] | None = None,
+    threads: int | None = None, progress: Callable[[str], None] | None = None, backend: str = "auto",
 ) -> BenchResult:
     """Benchmark one registered model. See the module docstring for what is timed.
 
@@ -362,6 +365,8 @@ def benchmark(
         ``size`` x 16:9) with the timed frames and report the ratio of the medians, so
         that both are measured under the same machine load.
     threads: CPU intra-op threads; None: the engine's adaptive choice (ThreadGovernor).
+    backend: what runs the backbones, ``auto|torch|onnxruntime`` (see
+        :func:`vostool.engine.backends.resolve_backend`).
     """
     from vostool.engine import Propagator, propagate
     from vostool.engine.device import device_name, resolve_device
@@ -403,7 +408,7 @@ def benchmark(
     model, weights_label, notes = make_model(model_name, backbone, random_weights, weights)
     bb = str(model.config.get("backbone", backbone or "?"))
     prop = Propagator(model, device=dev, precision=precision, size=size, channels_last=channels_last,
-                      threads=threads)
+                      threads=threads, backend=backend)
 
     timer = _Timer(dev)
     trunk: _ResNetTrunk | None = None
@@ -500,6 +505,15 @@ def benchmark(
         if compiled is not None:
             compiled.undo()
 
+    isa = None
+    if dev.type == "cpu":
+        from vostool.engine.device import cpu_isa
+
+        info = cpu_isa()
+        isa = info["summary"]
+        if prop.backend == "onnxruntime" and info["effective"] != info["hardware"]:
+            notes.append("onnxruntime's kernels use the CPU's own ISA: ONEDNN_MAX_CPU_ISA / "
+                         "ATEN_CPU_CAPABILITY do not cap them")
     if not reset_ok:
         notes.append("peak RSS could not be reset: it is the process peak; see mem_delta_mb")
     if weights_label == "random" and share is not None:
@@ -520,6 +534,7 @@ def benchmark(
         mem_start_mb=mem_start, mem_end_mb=mem_end, long_frames=long or None, long_ms_median=long_med,
         propagation_share=share, baseline_ms=base_ms, baseline_threads=best[2] if best else None,
         baseline_ratio=(ms_med / base_ms) if base_ms else None, compile_s=compile_s, notes=notes,
+        backend=prop.backend, inference_path=prop.inference_path, cpu_isa=isa,
     )
 
 

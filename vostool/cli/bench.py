@@ -57,6 +57,9 @@ def bench(
                                   "fraction of it."),
     no_e2e: bool = typer.Option(False, "--no-e2e", help="Skip the end-to-end (decode + write) run."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads (default: torch's)."),
+    backend: str = typer.Option("auto", "--backend", help="What runs the frame encoders: auto|torch|onnxruntime "
+                                "(auto: onnxruntime for fp32 on CPUs without native bf16 when installed, "
+                                "`pip install 'vostool[onnx]'`; torch elsewhere)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per model per line on stdout, "
                                  "nothing else."),
 ) -> None:
@@ -90,7 +93,7 @@ def bench(
                     name, backbone=backbone, random_weights=random_weights, weights=weights, device=device,
                     precision=precision, size=size, objects=objects, frames=frames, warmup=warmup,
                     compile=compile_, input=input_, long=long, channels_last=channels_last,
-                    end_to_end=not no_e2e, baseline=baseline, threads=threads, progress=say,
+                    end_to_end=not no_e2e, baseline=baseline, threads=threads, progress=say, backend=backend,
                 )
             except VostoolError as exc:
                 if not all_models:

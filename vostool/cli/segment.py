@@ -56,6 +56,9 @@ def segment(
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|mps"),
     precision: str = typer.Option("auto", "--precision", help="auto|fp32|fp16|bf16 (auto: fp16 on CUDA, "
                                   "bf16 on CPUs with native bf16, else fp32)."),
+    backend: str = typer.Option("auto", "--backend", help="What runs the frame encoder: auto|torch|onnxruntime "
+                                "(auto: onnxruntime for fp32 on CPUs without native bf16 when installed, "
+                                "`pip install 'vostool[onnx]'`; torch elsewhere)."),
     size: Optional[int] = typer.Option(None, "--size", help="Internal size of the shorter side "
                                        "(default: the checkpoint's training size). Outputs are always at "
                                        "the source resolution."),
@@ -87,6 +90,7 @@ def segment(
     from vostool.cli.prompt_start import PromptStart
     from vostool.engine.shard import current_worker, finish_distributed, gather_to_rank0, init_distributed, \
         worker_device
+    from vostool.engine.backends import check_backend
     from vostool.io.completion import clear_done, mark_done
 
     wanted = parse_outputs(outputs)
@@ -107,6 +111,7 @@ def segment(
     job_masks = {j.path: j.mask for j in plan.jobs if j.mask is not None}
     overwrite = overwrite or skip_done  # a video not done again replaces vostool's own partial outputs
     device = worker_device(device, worker)
+    check_backend(backend, device, precision)
     starter = PromptStart.from_options(box, point, neg_point, at, save_mask, mask, corrections)
     has_first = mask is not None or mask_dir is not None or (starter is not None and starter.at == 0)
     for dest in dests:  # before any work: never a user's file replaced, --overwrite where needed
@@ -157,12 +162,13 @@ def segment(
             prepare_out_dir(dest, overwrite, targets)
             clear_done(dest)
             prop = Propagator(model, device=device, precision=precision, size=internal,
-                              scales=scale_list, max_objects=max_objects)
+                              scales=scale_list, max_objects=max_objects, backend=backend)
             frames, used = source, [True]
             if starter is not None:
                 frames, first, extra, used = starter.frames(
                     source, first, extra, prop, lambda: Propagator(
-                        model, device=device, precision=precision, size=internal, scales=scale_list),
+                        model, device=device, precision=precision, size=internal, scales=scale_list,
+                        backend=backend),
                     starter.save_path(source.stem, several))
             n = 0
             t0 = time.perf_counter()

@@ -45,6 +45,75 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) -> vostool's levels, lowest first
+_ISA_LEVELS = ("SSE4.1", "AVX", "AVX2", "AVX-512", "AVX-512 BF16", "AMX")
+_ONEDNN_CAPS = {
+    "SSE41": "SSE4.1", "AVX": "AVX", "AVX2": "AVX2", "AVX2_VNNI": "AVX2", "AVX2_VNNI_2": "AVX2",
+    "AVX512_CORE": "AVX-512", "AVX512_CORE_VNNI": "AVX-512", "AVX512_CORE_BF16": "AVX-512 BF16",
+    "AVX512_CORE_FP16": "AVX-512 BF16", "AVX10_1_512": "AVX-512 BF16", "AVX512_CORE_AMX": "AMX",
+    "AVX512_CORE_AMX_FP16": "AMX", "AVX10_1_512_AMX": "AMX", "AVX10_1_512_AMX_FP16": "AMX",
+    "AVX10_2_512": "AMX", "AVX10_2_512_AMX_2": "AMX", "ALL": "AMX", "DEFAULT": "AMX",
+}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _hardware_isa(flags: set[str]) -> str | None:
+    if {"amx_bf16", "amx_tile"} <= flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16"
+    if {"avx512f", "avx512bw"} <= flags:
+        return "AVX-512"
+    if "avx2" in flags and "fma" in flags:
+        return "AVX2"
+    if "avx" in flags:
+        return "AVX"
+    if "sse4_1" in flags:
+        return "SSE4.1"
+    return None
+
+
+def cpu_isa() -> dict[str, str | None]:
+    """The vector ISA that CPU inference runs with, honouring the caps users set.
+
+    Returns ``{"hardware": level from /proc/cpuinfo, "onednn_cap": $ONEDNN_MAX_CPU_ISA
+    (or $DNNL_MAX_CPU_ISA) as a level, "aten": torch.backends.cpu.get_cpu_capability()
+    (honours $ATEN_CPU_CAPABILITY), "effective": the lower of hardware and the oneDNN
+    cap, "summary": one line}``. Levels: SSE4.1 < AVX < AVX2 < AVX-512 < AVX-512 BF16 <
+    AMX; None where unknown (not x86 Linux).
+    """
+    hw = _hardware_isa(cpu_flags())
+    raw = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    cap = _ONEDNN_CAPS.get(raw) if raw else None
+    try:
+        aten = str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # pragma: no cover - very old torch
+        aten = None
+    effective = hw
+    if hw is not None and cap is not None and _ISA_LEVELS.index(cap) < _ISA_LEVELS.index(hw):
+        effective = cap
+    summary = effective or "unknown"
+    if effective != hw:
+        summary += f" (capped by ONEDNN_MAX_CPU_ISA={raw}; the CPU has {hw})"
+    if aten is not None:
+        summary += f"; ATen kernels {aten}"
+        if os.environ.get("ATEN_CPU_CAPABILITY"):
+            summary += f" (ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']})"
+    summary += "; native bf16: " + ("yes" if cpu_has_native_bf16() else "no")
+    return {"hardware": hw, "onednn_cap": cap, "aten": aten, "effective": effective, "summary": summary}
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.
 

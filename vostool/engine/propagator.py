@@ -215,10 +215,30 @@ def _same_features(a: nn.Module, b: nn.Module, dtype: torch.dtype | None) -> boo
         return False
 
 
+def _relative_error(a: nn.Module, b: nn.Module) -> float:
+    """Largest ``|a(x) - b(x)| / max|a(x)|`` over the outputs, on a small random input
+    (fp32); NaN if the outputs do not match in keys or shapes or b fails."""
+    first = next(m for m in a.modules() if isinstance(m, nn.Conv2d))
+    x = torch.randn(1, first.in_channels, 64, 96, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.inference_mode():
+            ya, yb = a(x), b(x)
+    except Exception:
+        return float("nan")
+    if ya.keys() != yb.keys() or any(ya[k].shape != yb[k].shape for k in ya):
+        return float("nan")
+    return max(float((ya[k].float() - yb[k].float()).abs().max() / ya[k].float().abs().max().clamp_min(1e-12))
+               for k in ya)
+
+
 def _fingerprint(module: nn.Module) -> int:
     """Changes when any weight or buffer is replaced or updated in place."""
     return hash(tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in
                       [*module.parameters(), *module.buffers()]))
+
+
+#: ONNX Runtime copies by (id, fingerprint) of the original backbone (the last few)
+_ORT_CACHE: dict[tuple[int, int], nn.Module] = {}
 
 
 class _FastBackbones:
@@ -230,10 +250,14 @@ class _FastBackbones:
 
     def __init__(
         self, model: nn.Module, dtype: torch.dtype | None, memory_format: torch.memory_format | None,
-        fuse_activations: bool = False,
+        fuse_activations: bool = False, backend: str = "torch",
     ) -> None:
         self.model = model
         self.dtype, self.memory_format, self.fuse_activations = dtype, memory_format, fuse_activations
+        #: "torch" or "onnxruntime" (the copies run by ONNX Runtime, fp32)
+        self.backend = backend
+        #: why a copy fell back from the asked backend to torch (empty: none did)
+        self.fallbacks: list[str] = []
         self.copies: dict[int, tuple[int, nn.Module]] = {}
         self.depth = 0
         self.slots = self._scan()
@@ -256,10 +280,36 @@ class _FastBackbones:
                 fp = _fingerprint(original)
                 cached = self.copies.get(id(original))
                 if cached is None or cached[0] != fp:
-                    fused = fold_batchnorm(original, self.dtype, fuse_activations=self.fuse_activations)
-                    if self.memory_format is not None:
-                        fused = fused.to(memory_format=self.memory_format)
+                    fused = self._ort_copy(original) if self.backend == "onnxruntime" else None
+                    if fused is None:
+                        fused = fold_batchnorm(original, self.dtype, fuse_activations=self.fuse_activations)
+                        if self.memory_format is not None:
+                            fused = fused.to(memory_format=self.memory_format)
                     self.copies[id(original)] = (fp, fused)
+
+    def _ort_copy(self, original: nn.Module) -> nn.Module | None:
+        """The backbone's folded fp32 copy exported to ONNX Runtime, if it gives the same
+        features as the torch copy (else None and a note in ``fallbacks``)."""
+        from vostool.engine.backends import OrtBackbone, first_conv_in_channels
+
+        key = (id(original), _fingerprint(original))
+        if key in _ORT_CACHE:  # the same weights in another Propagator (segment: one per video)
+            return _ORT_CACHE[key]
+        folded = fold_batchnorm(original, None)
+        try:
+            ort_copy = OrtBackbone(folded, first_conv_in_channels(folded))
+        except Exception as exc:  # an op the exporter or ONNX Runtime does not take
+            self.fallbacks.append(f"{type(original).__name__}: export failed ({type(exc).__name__})")
+            return None
+        err = _relative_error(folded, ort_copy)
+        if not err < 1e-3:  # other kernels and summation orders: ~1e-6 seen
+            self.fallbacks.append(f"{type(original).__name__}: onnxruntime features differ from torch "
+                                  f"(relative error {err:.1e})")
+            return None
+        while len(_ORT_CACHE) >= 4:
+            _ORT_CACHE.pop(next(iter(_ORT_CACHE)))
+        _ORT_CACHE[key] = ort_copy
+        return ort_copy
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:
@@ -328,15 +378,25 @@ class Propagator:
             fastest of all cores / fewer on a CPU shared with other work, applied during
             each ``step`` only), unless ``$VOSTOOL_THREADS`` fixes the count. A number
             sets torch's thread count to it.
+        backend: what runs the backbones: ``auto|torch|onnxruntime`` (see
+            :func:`vostool.engine.backends.resolve_backend`; auto: ONNX Runtime for fp32
+            on the CPU when it is installed).
     """
 
     def __init__(
         self, model: VOSModel, device: str | torch.device = "auto", precision: str = "auto",
         size: int | None = 480, scales: Iterable[float] = (1.0,), channels_last: bool = True,
         max_objects: int | None = None, fold_batchnorm: bool = True, threads: int | None = None,
+        backend: str = "auto",
     ) -> None:
+        from vostool.engine.backends import resolve_backend
+
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        #: what runs the backbones ("torch" or "onnxruntime") and why
+        self.backend, self.backend_reason = resolve_backend(backend, self.device, self.precision)
+        if not fold_batchnorm and self.backend == "onnxruntime" and (backend or "auto").lower() == "auto":
+            self.backend, self.backend_reason = "torch", "fold_batchnorm=False: the model runs as it is"
         self.device_name = device_name(self.device)
         self.size = size or None
         self.scales = [float(s) for s in scales] or [1.0]
@@ -374,13 +434,35 @@ class Propagator:
         self._pinned: torch.Tensor | None = None
         self._h2d_done: Any = None
         self._fast: _FastBackbones | None = None
-        if fold_batchnorm:
+        if fold_batchnorm or self.backend == "onnxruntime":
             cast = None
             if self.precision != "fp32" and self.device.type in ("cpu", "cuda"):
                 cast = torch.float16 if self.precision == "fp16" else torch.bfloat16
             fast = _FastBackbones(self.model, cast, torch.channels_last if self.channels_last else None,
-                                  fuse_activations=self.device.type == "cpu")
+                                  fuse_activations=self.device.type == "cpu", backend=self.backend)
             self._fast = fast if fast.slots else None
+
+    @property
+    def inference_path(self) -> str:
+        """Which inference path runs and why, in words (e.g. ``fp32 channels_last,
+        backbones on onnxruntime 1.32 (folded fp32): no native bf16 ...``); the
+        backbones' fallbacks are known after :meth:`start`."""
+        from vostool.engine.backends import onnxruntime_version
+
+        kind = {"fp32": "fp32 eager", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.precision]
+        layout = "channels_last" if self.channels_last else "NCHW"
+        fast = self._fast
+        if fast is not None and fast.backend == "onnxruntime":
+            if fast.fallbacks:
+                enc = f"backbones on torch (onnxruntime fallback: {'; '.join(fast.fallbacks)})"
+            else:
+                enc = f"backbones on onnxruntime {onnxruntime_version()} (BatchNorm folded, fp32)"
+        elif fast is not None:
+            enc = "backbones on torch (BatchNorm folded" + (
+                ", conv+ReLU fused" if fast.fuse_activations else "") + ")"
+        else:
+            enc = "backbones on torch"
+        return f"{kind} {layout}, {enc}: {self.backend_reason}"
 
     # -- public API -------------------------------------------------------------------
     @torch.inference_mode()

@@ -1,0 +1,139 @@
+"""CPU ISA reporting, backend choice and the ONNX Runtime frame encoder (issue 17).
+
+Never asserts which path a given CPU takes: the choice is tested with the CPU's answers
+monkeypatched, and ONNX Runtime's masks are compared with torch's where it is installed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vostool.bench import benchmark
+from vostool.bench.synthetic import SyntheticClip
+from vostool.engine import Propagator
+from vostool.engine import backends, device as dev_mod
+from vostool.errors import VostoolError
+from vostool.models import build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("flags, level", [
+    ({"sse4_1"}, "SSE4.1"),
+    ({"avx", "avx2", "fma"}, "AVX2"),
+    ({"avx2", "fma", "avx512f", "avx512bw"}, "AVX-512"),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512_bf16"}, "AVX-512 BF16"),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile"}, "AMX"),
+    (set(), None),
+])
+def test_hardware_isa_levels(flags, level):
+    assert dev_mod._hardware_isa(flags) == level
+
+
+def test_isa_cap_is_honoured(monkeypatch):
+    monkeypatch.setattr(dev_mod, "cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512bw", "avx512_bf16"})
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    info = dev_mod.cpu_isa()
+    assert info["hardware"] == "AVX-512 BF16" and info["effective"] == "AVX2"
+    assert info["summary"].startswith("AVX2 (capped by ONEDNN_MAX_CPU_ISA=AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # a cap above the CPU changes nothing
+    assert dev_mod.cpu_isa()["effective"] == "AVX-512 BF16"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    info = dev_mod.cpu_isa()
+    assert info["effective"] == "AVX-512 BF16" and "capped" not in info["summary"]
+    assert "native bf16:" in info["summary"]
+
+
+def test_backend_choice(monkeypatch):
+    monkeypatch.setattr(backends, "onnxruntime_version", lambda: "1.0")
+    assert backends.resolve_backend("auto", CPU, "fp32")[0] == "onnxruntime"
+    assert backends.resolve_backend("auto", CPU, "bf16")[0] == "torch"  # native bf16 CPUs keep bf16
+    assert backends.resolve_backend("auto", torch.device("cuda"), "fp16")[0] == "torch"
+    assert backends.resolve_backend("torch", CPU, "fp32") == ("torch", "--backend torch")
+    assert backends.resolve_backend("onnxruntime", CPU, "fp32")[0] == "onnxruntime"
+    with pytest.raises(VostoolError, match="fp32"):
+        backends.resolve_backend("onnxruntime", CPU, "bf16")
+    with pytest.raises(VostoolError, match="CPU only"):
+        backends.resolve_backend("onnxruntime", torch.device("cuda"), "fp32")
+    with pytest.raises(VostoolError, match="unknown backend"):
+        backends.resolve_backend("tensorrt", CPU, "fp32")
+    monkeypatch.setattr(backends, "onnxruntime_version", lambda: None)
+    backend, why = backends.resolve_backend("auto", CPU, "fp32")
+    assert backend == "torch" and "vostool[onnx]" in why
+    with pytest.raises(VostoolError, match=r"vostool\[onnx\]"):
+        backends.resolve_backend("onnxruntime", CPU, "fp32")
+
+
+def test_bench_reports_isa_backend_and_path():
+    r = benchmark("crvos", random_weights=True, device="cpu", size=32, frames=2, warmup=1, end_to_end=False,
+                  backend="torch")
+    assert r.backend == "torch" and r.cpu_isa and "native bf16" in r.cpu_isa
+    assert r.inference_path.startswith(("fp32 eager", "bf16 autocast")) and "--backend torch" in r.inference_path
+    d = r.to_dict()
+    assert d["backend"] == "torch" and d["inference_path"] == r.inference_path and d["cpu_isa"] == r.cpu_isa
+    from vostool.bench import conditions_lines
+
+    text = "\n".join(conditions_lines([r]))
+    assert "CPU ISA:" in text and "inference path:" in text
+
+
+def _run(model: torch.nn.Module, backend: str, objects: int = 2) -> tuple[list, Propagator]:
+    clip = SyntheticClip(48, 80, objects=objects)
+    prop = Propagator(model, device="cpu", precision="fp32", size=48, backend=backend, threads=1)
+    out = [prop.start(clip.frame(0), clip.first_mask())]
+    out += [prop.step(clip.frame(i)) for i in range(1, 5)]
+    return out, prop
+
+
+@pytest.mark.parametrize("name, backbone", [("crvos", None), ("rgmp", "resnet18")])
+def test_onnxruntime_backbones_give_torch_masks(name, backbone):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = build_model(name, **({"backbone": backbone} if backbone else {}))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref, _ = _run(model, "torch")
+    got, prop = _run(model, "onnxruntime")
+    assert prop.backend == "onnxruntime" and "onnxruntime" in prop.inference_path
+    assert "fallback" not in prop.inference_path
+    for a, b in zip(ref, got):
+        assert a.object_ids == b.object_ids
+        assert np.abs(a.probs.astype(int) - b.probs.astype(int)).max() <= 1
+        assert (a.index != b.index).mean() < 0.01
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model itself is untouched
+
+
+def test_onnxruntime_thread_counts_and_channels_last():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from vostool.engine.propagator import fold_batchnorm
+    from vostool.models.backbones import build_backbone
+
+    folded = fold_batchnorm(build_backbone("mobilenet_v2").eval())
+    ort_bb = backends.OrtBackbone(folded, 3)
+    x = torch.randn(2, 3, 64, 112)
+    with torch.inference_mode():
+        ref = folded(x)
+        before = torch.get_num_threads()
+        try:
+            outs = []
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                outs.append(ort_bb(x.contiguous(memory_format=torch.channels_last)))
+        finally:
+            torch.set_num_threads(before)
+    assert set(ort_bb._sessions) == {1, 2}
+    for out in outs:
+        assert out.keys() == ref.keys()
+        for k in ref:
+            assert out[k].shape == ref[k].shape
+            assert out[k].is_contiguous(memory_format=torch.channels_last)
+            assert torch.allclose(out[k], ref[k], rtol=1e-3, atol=1e-3 * float(ref[k].abs().max()))
+
+
+def test_unknown_backend_is_one_line_error():
+    with pytest.raises(VostoolError, match="unknown backend"):
+        Propagator(build_model("crvos"), device="cpu", backend="nope")

@@ -1,0 +1,164 @@
+"""Inference backends for the models' frame encoders (backbones): torch or ONNX Runtime.
+
+The frame encoder is most of a frame's time on a CPU. With ``torch`` it runs as the
+engine's folded inference copy (oneDNN; bf16 autocast where the CPU computes bf16
+natively). With ``onnxruntime`` (optional: ``pip install vostool[onnx]``) the same folded
+fp32 copy is exported to ONNX once per model and run by ONNX Runtime's CPU kernels
+(MLAS), which are about 2x faster than oneDNN fp32 on MobileNetV2-style depthwise
+networks; everything after the encoder (decoder, merging, resizing) stays in torch.
+
+``auto`` picks ``onnxruntime`` on CPUs without native bf16 when it is installed, and
+``torch`` everywhere else (bf16 on CPUs with AVX-512 BF16 / AMX, CUDA, MPS).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vostool.errors import VostoolError
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+ONNX_HINT = "pip install 'vostool[onnx]'"
+
+
+def onnxruntime_version() -> str | None:
+    """The installed ONNX Runtime's version, or None when it is not installed."""
+    try:
+        import onnxruntime
+    except Exception:
+        return None
+    return str(getattr(onnxruntime, "__version__", "?"))
+
+
+def resolve_backend(name: str, device: torch.device, precision: str) -> tuple[str, str]:
+    """``(backend, why)`` for ``--backend NAME`` on a resolved device and precision.
+
+    ``auto``: ``onnxruntime`` for fp32 on the CPU when it is installed, else ``torch``.
+    An explicit ``onnxruntime`` needs the CPU, fp32 and the package (else a one-line
+    error naming what to change).
+    """
+    name = (name or "auto").lower()
+    if name not in BACKENDS:
+        raise VostoolError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")
+    ort = onnxruntime_version()
+    if name == "torch":
+        return "torch", "--backend torch"
+    if name == "onnxruntime":
+        if ort is None:
+            raise VostoolError(f"--backend onnxruntime needs ONNX Runtime: {ONNX_HINT}")
+        if device.type != "cpu":
+            raise VostoolError(f"--backend onnxruntime runs on the CPU only (device is {device.type}); "
+                               "use --device cpu or --backend torch")
+        if precision != "fp32":
+            raise VostoolError(f"--backend onnxruntime runs fp32 (precision is {precision}); "
+                               "use --precision fp32 or auto")
+        return "onnxruntime", "--backend onnxruntime"
+    if device.type != "cpu":
+        return "torch", f"{device.type}"
+    if precision != "fp32":
+        return "torch", f"{precision} autocast on a CPU with native bf16"
+    if ort is None:
+        return "torch", f"no native bf16; onnxruntime not installed ({ONNX_HINT} for ~2x faster encoders)"
+    return "onnxruntime", "no native bf16 and onnxruntime is installed (its fp32 kernels beat oneDNN's)"
+
+
+class _Outputs(nn.Module):
+    """A backbone with a tuple output in a fixed key order (what ONNX export takes)."""
+
+    def __init__(self, backbone: nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.backbone, self.keys = backbone, keys
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.backbone(x)
+        return tuple(out[k] for k in self.keys)
+
+
+class OrtBackbone(nn.Module):
+    """A backbone run by ONNX Runtime on the CPU: ``B x C x H x W`` float32 ->
+    ``{"s4", "s8", "s16"}`` float32 (any batch and size; NHWC output strides when the
+    input had them). One session per thread count, so that the engine's
+    :class:`~vostool.engine.device.ThreadGovernor` keeps working."""
+
+    def __init__(self, backbone: nn.Module, in_channels: int) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.channels = getattr(backbone, "channels", {})
+        probe = torch.zeros(1, in_channels, 64, 96)
+        with torch.inference_mode(False), torch.no_grad():
+            self.keys = sorted(backbone(probe).keys())
+            buf = io.BytesIO()
+            with _quiet():
+                torch.onnx.export(
+                    _Outputs(backbone, self.keys).eval(), (probe,), buf, input_names=["x"],
+                    output_names=self.keys, opset_version=17, dynamo=False,
+                    dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, **{k: {0: "b", 2: f"h_{k}", 3: f"w_{k}"}
+                                                                     for k in self.keys}},
+                )
+        self.model_bytes = buf.getvalue()
+        self._sessions: dict[int, Any] = {}
+
+    def session(self, threads: int) -> Any:
+        """The session that runs with ``threads`` intra-op threads (built on first use)."""
+        sess = self._sessions.get(threads)
+        if sess is None:
+            so = self._ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            so.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+            so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # no busy-waiting between ops: on a CPU shared with decoding/writing threads
+            # (or other programs) spinning threads steal the cores the work needs
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            sess = self._ort.InferenceSession(self.model_bytes, so, providers=["CPUExecutionProvider"])
+            self._sessions[threads] = sess
+        return sess
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
+        arr = x.detach().to(torch.float32).contiguous().numpy()
+        outs = self.session(torch.get_num_threads()).run(None, {"x": arr})
+        feats = {}
+        for k, a in zip(self.keys, outs):
+            t = torch.from_numpy(a)
+            feats[k] = t.contiguous(memory_format=torch.channels_last) if channels_last else t
+        return feats
+
+
+class _quiet:
+    """Silence the exporter's deprecation warnings (the TorchScript exporter is the one
+    that needs no extra packages)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def first_conv_in_channels(module: nn.Module) -> int:
+    """Input channels of a backbone (its first Conv2d)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    raise VostoolError("backbone has no convolution")  # pragma: no cover
+
+
+def check_backend(name: str, device: str | torch.device, precision: str) -> str:
+    """Resolve ``--backend`` with ``--device`` and ``--precision`` before any work starts
+    (a one-line :class:`VostoolError` for a bad combination); returns the backend."""
+    from vostool.engine.device import resolve_device, resolve_precision
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return resolve_backend(name, dev, resolve_precision(precision, dev))[0]
