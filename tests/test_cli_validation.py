@@ -137,3 +137,53 @@ def test_grey_mask_with_255_warns_once_and_own_output_round_trips(clip, tmp_path
     r = segment(clip, tmp_path / "o2", mask=tmp_path / "o" / "masks" / "00000.png")
     assert r.exit_code == 0 and "warning" not in r.stderr, r.output
     assert set(np.unique(np.array(Image.open(tmp_path / "o2" / "masks" / "00000.png")))) == {0, 3, 7}
+
+
+# -- item 4: numeric options, the same check in every command ------------------------------------
+
+SEGMENT_BAD = [
+    ("--size", "-5"), ("--size", "0"), ("--size", "1"), ("--size", "7"), ("--size", "100000"),
+    ("--size", "99999999999999999999"), ("--fps", "inf"), ("--fps", "nan"), ("--fps", "0"), ("--fps", "1e9"),
+    ("--max-objects", "-2"), ("--max-objects", "0"), ("--max-objects", "256"), ("--theta-c", "nan"),
+    ("--theta-c", "1.5"), ("--theta-c", "-inf"), ("--alpha-object", "0"), ("--alpha-object", "70000"),
+    ("--scales", "nan"), ("--scales", "inf"), ("--scales", "0"), ("--scales", "-1"), ("--scales", "1,100"),
+    ("--scales", "abc"),
+]
+
+
+@pytest.mark.parametrize("option,value", SEGMENT_BAD)
+def test_segment_numeric_options_are_checked_first(clip, tmp_path, option, value):
+    line = one_error_line(segment(clip, tmp_path / "o", option, value))
+    assert option in line
+    if option != "--scales" and value != "abc":
+        assert "must be" in line and f"got {value}".replace("1e9", "1e+09") in line  # range, value given
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_size_and_scales_combined(clip, tmp_path):
+    line = one_error_line(segment(clip, tmp_path / "o", "--size", "32", "--scales", "0.25"))
+    assert "--scales" in line and "16.." in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["bench", "--frames", "0"], ["bench", "--frames", "99999999999999999999"], ["bench", "--warmup", "-1"],
+    ["bench", "--size", "0"], ["bench", "--objects", "0"], ["bench", "--long", "0"], ["bench", "--threads", "0"],
+    ["eval", "davis16", "--size", "-1"], ["eval", "davis17", "--workers", "0"],
+    ["eval", "folders", "--gt", ".", "--pred", ".", "--workers", "99999999999999999999"],
+    ["train", "--iters", "0"], ["train", "--batch", "-3"], ["train", "--clip-len", "1"], ["train", "--lr", "nan"],
+    ["train", "--lr", "0"], ["train", "--ema", "1"], ["train", "--image-ratio", "2"], ["train", "--val-size", "7"],
+    ["train", "--max-minutes", "inf"], ["train", "--seed", "-1"], ["train", "--workers", "-1"],
+    ["train", "--slots", "0"],
+])
+def test_other_commands_numeric_options(args):
+    line = one_error_line(invoke(*args))
+    assert args[-2] in line and "must be" in line
+
+
+def test_ranges_are_in_the_help():
+    out = invoke("segment", "--help").output
+    for text in ("32..4096", "(0, 1000]", "1..255", "0.25..4"):
+        assert text in out, text
+    assert "1..100000" in invoke("bench", "--help").output
+    assert "(0, 1)" in invoke("train", "--help").output

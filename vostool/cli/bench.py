@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from vostool.cli.common import console, err_console, warn
+from vostool.cli.common import console, err_console, int_option, warn
 from vostool.errors import VostoolError
 
 
@@ -39,24 +39,26 @@ def bench(
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|mps"),
     precision: str = typer.Option("auto", "--precision", help="auto|fp32|fp16|bf16 (auto: fp16 on CUDA, bf16 "
                                   "on CPUs with native bf16, else fp32)."),
-    size: int = typer.Option(480, "--size", help="Internal size of the shorter side (the synthetic clip is "
-                             "this size, 16:9)."),
-    objects: int = typer.Option(1, "--objects", help="Objects in the first mask (all count as one frame)."),
-    frames: int = typer.Option(60, "--frames", help="Timed frames after the warm-up."),
-    warmup: int = typer.Option(5, "--warmup", help="Untimed warm-up frames."),
+    size: int = int_option(480, "--size", lo=32, hi=4096, help="Internal size of the shorter side (the "
+                           "synthetic clip is this size, 16:9)."),
+    objects: int = int_option(1, "--objects", lo=1, hi=255, help="Objects in the first mask (all count as one "
+                              "frame)."),
+    frames: int = int_option(60, "--frames", lo=1, hi=100_000, help="Timed frames after the warm-up."),
+    warmup: int = int_option(5, "--warmup", lo=0, hi=10_000, help="Untimed warm-up frames."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model's per-frame methods "
                                   "(reported; falls back to eager if compilation fails)."),
     input_: Optional[Path] = typer.Option(None, "--input", help="Time on this video instead of the synthetic "
                                           "clip (a synthetic first mask is drawn on it)."),
-    long: Optional[int] = typer.Option(None, "--long", help="Also run N more frames and report memory at "
-                                       "their start and end (constant memory in video length)."),
+    long: Optional[int] = int_option(None, "--long", lo=1, hi=1_000_000, help="Also run N more frames and "
+                                     "report memory at their start and end (constant memory in video length)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
                                        help="Convolutions in NHWC memory format."),
     baseline: bool = typer.Option(False, "--baseline", help="Interleave a plain ResNet-50 trunk (fp32, NCHW, "
                                   "torchvision, at SIZE x 16:9) and report each model's time as a "
                                   "fraction of it."),
     no_e2e: bool = typer.Option(False, "--no-e2e", help="Skip the end-to-end (decode + write) run."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads (default: torch's)."),
+    threads: Optional[int] = int_option(None, "--threads", lo=1, hi=1024, help="Intra-op CPU threads (default: "
+                                        "torch's)."),
     backend: str = typer.Option("auto", "--backend", help="What runs the frame encoders: auto|torch|onnxruntime "
                                 "(auto: onnxruntime for fp32 on CPUs without native bf16 when installed, "
                                 "`pip install 'vostool[onnx]'`; torch elsewhere)."),

@@ -17,9 +17,10 @@ from rich.progress import (
 )
 
 from typer import _click
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from vostool.errors import VostoolError
+from vostool.interrupts import interrupt_exit_code, interrupt_message, orderly_signals
 
 console = Console()
 err_console = Console(stderr=True)
@@ -42,9 +43,12 @@ def friendly_errors(fn: F) -> F:
         except VostoolError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: outputs written so far are complete", highlight=False)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: exit 130, 143, 129
+            try:
+                err_console.print(f"[yellow]{interrupt_message(exc)}[/]", highlight=False)
+            except OSError:  # the terminal is gone (SIGHUP)
+                pass
+            raise typer.Exit(interrupt_exit_code(exc)) from None
         except MemoryError:
             err_console.print("[bold red]error:[/] out of memory; try a smaller --size", highlight=False)
             raise typer.Exit(1) from None
@@ -56,7 +60,12 @@ def friendly_errors(fn: F) -> F:
                               "(set VOSTOOL_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+    @functools.wraps(fn)
+    def in_order(*args: Any, **kwargs: Any) -> Any:
+        with orderly_signals():  # SIGTERM/SIGHUP stop like Ctrl-C; later signals cannot cut the shutdown
+            return wrapper(*args, **kwargs)
+
+    return in_order  # type: ignore[return-value]
 
 
 def warn(message: str) -> None:
@@ -80,11 +89,10 @@ def error_line(message: str) -> None:
                       soft_wrap=True)
 
 
-class OneLineGroup(TyperGroup):
-    """The app's command group: usage errors (``--size abc``, a missing argument, an unknown
-    option) are one line on stderr, ``error: <what> (see '<command> -h')``, exit code 2, not
-    click's usage block or Typer's boxed panel. Help, ``--version`` and the commands' own exit
-    codes are unchanged."""
+class _OneLineMain:
+    """Usage errors (``--size abc``, a missing argument, an unknown option) are one line on
+    stderr, ``error: <what> (see '<command> -h')``, exit code 2, not click's usage block or
+    Typer's boxed panel. Help, ``--version`` and the commands' own exit codes are unchanged."""
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -105,6 +113,14 @@ class OneLineGroup(TyperGroup):
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class OneLineGroup(_OneLineMain, TyperGroup):
+    """The app's command group, with one-line usage errors (``typer.Typer(cls=OneLineGroup)``)."""
+
+
+class OneLineCommand(_OneLineMain, TyperCommand):
+    """A single-command app's command, with one-line usage errors (``app.command(cls=...)``)."""
 
 
 # -- numeric options: one range check, the same in every command ---------------------------

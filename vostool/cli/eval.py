@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
-from vostool.cli.common import console, err_console, friendly_errors, make_progress
+from vostool.cli.common import console, err_console, friendly_errors, int_option, make_progress
 from vostool.errors import VostoolError
 
 if TYPE_CHECKING:
@@ -43,14 +43,15 @@ _OUT = typer.Option(
     "with --results, the results folder).",
 )
 _JSON = typer.Option(False, "--json", help="Print one JSON object with all figures on stdout.")
-_WORKERS = typer.Option(None, "--workers", min=1, help="Scoring processes (default: one per CPU core).")
+_WORKERS = int_option(None, "--workers", lo=1, hi=1024, help="Scoring processes (default: one per CPU core).")
 _LEGACY = typer.Option(
     False, "--legacy-uint8-decay",
     help="Cut decay bins with the official tool's uint8 arithmetic (NaN decay past 256 frames).",
 )
 _DEVICE = typer.Option("auto", "--device", help="auto|cpu|cuda|mps")
 _PRECISION = typer.Option("auto", "--precision", help="auto|fp32|fp16|bf16")
-_SIZE = typer.Option(None, "--size", help="Internal size of the shorter side (default: the checkpoint's).")
+_SIZE = int_option(None, "--size", lo=32, hi=4096, help="Internal size of the shorter side (default: the "
+                   "checkpoint's).")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")
 
 

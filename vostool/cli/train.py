@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from vostool.cli.common import float_option, int_option
 from vostool.errors import VostoolError
 
 _DEFAULT_OUT = "runs/{model}-{stage}"
@@ -25,6 +26,8 @@ def parse_size(text: str) -> tuple[int, int]:
         raise VostoolError(f"--size wants HEIGHTxWIDTH like 240x432, not '{text}'") from None
     if h <= 0 or w <= 0 or h % 16 or w % 16:
         raise VostoolError(f"--size {text}: both sides must be positive multiples of 16")
+    if not (32 <= h <= 4096 and 32 <= w <= 4096):
+        raise VostoolError(f"--size {text}: both sides must be in 32..4096")
     return h, w
 
 
@@ -46,18 +49,18 @@ def train_command(
     stage: Annotated[Optional[str], typer.Option(help="pretrain (synthetic clips from --images) or video (--data).")] = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", help="DAVIS-layout root (repeatable).")] = None,
     images: Annotated[Optional[list[str]], typer.Option("--images", help="Still images with masks: <root>/images, <root>/masks (repeatable). Pretrain: the synthetic clips; video stage: mixed in (--image-ratio).")] = None,
-    image_ratio: Annotated[Optional[float], typer.Option(help="Video stage with --images: fraction of clips that are synthetic (default 0.3).")] = None,
-    size: Annotated[Optional[str], typer.Option(help="Training crop HEIGHTxWIDTH, multiples of 16.")] = None,
-    clip_len: Annotated[Optional[int], typer.Option(help="Frames per clip (default 4 pretrain, 8 video).")] = None,
-    max_skip: Annotated[Optional[int], typer.Option(help="Video: random frame step 1..N (fast motion).")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Clips per step (per process).")] = None,
-    iters: Annotated[Optional[int], typer.Option(help="Training iterations (total, including resumed ones).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
+    image_ratio: Annotated[Optional[float], float_option(..., "--image-ratio", lo=0, hi=1, help="Video stage with --images: fraction of clips that are synthetic (default 0.3).")] = None,
+    size: Annotated[Optional[str], typer.Option(help="Training crop HEIGHTxWIDTH, multiples of 16. Range: each side 32..4096.")] = None,
+    clip_len: Annotated[Optional[int], int_option(..., "--clip-len", lo=2, hi=256, help="Frames per clip (default 4 pretrain, 8 video).")] = None,
+    max_skip: Annotated[Optional[int], int_option(..., "--max-skip", lo=1, hi=100, help="Video: random frame step 1..N (fast motion).")] = None,
+    batch: Annotated[Optional[int], int_option(..., "--batch", lo=1, hi=1024, help="Clips per step (per process).")] = None,
+    iters: Annotated[Optional[int], int_option(..., "--iters", lo=1, hi=10**9, help="Training iterations (total, including resumed ones).")] = None,
+    lr: Annotated[Optional[float], float_option(..., "--lr", lo=0, hi=1, lo_open=True, help="Adam learning rate.")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="constant | exp (lr * gamma^(it/step)) | cosine.")] = None,
-    lr_gamma: Annotated[Optional[float], typer.Option(help="exp schedule: decay factor per --lr-step iterations.")] = None,
-    lr_step: Annotated[Optional[int], typer.Option(help="exp schedule: iterations per decay step.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Adam weight decay.")] = None,
-    ema: Annotated[Optional[float], typer.Option(help="Keep an exponential moving average of the weights with this decay (e.g. 0.99); validation, best.pt and --export use it.")] = None,
+    lr_gamma: Annotated[Optional[float], float_option(..., "--lr-gamma", lo=0, hi=1, lo_open=True, help="exp schedule: decay factor per --lr-step iterations.")] = None,
+    lr_step: Annotated[Optional[int], int_option(..., "--lr-step", lo=1, hi=10**9, help="exp schedule: iterations per decay step.")] = None,
+    weight_decay: Annotated[Optional[float], float_option(..., "--weight-decay", lo=0, hi=1, help="Adam weight decay.")] = None,
+    ema: Annotated[Optional[float], float_option(..., "--ema", lo=0, hi=1, lo_open=True, hi_open=True, help="Keep an exponential moving average of the weights with this decay (e.g. 0.99); validation, best.pt and --export use it.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16 (autocast).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | mps.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/MODEL-STAGE).")] = None,
@@ -69,17 +72,17 @@ def train_command(
     train_stages: Annotated[Optional[str], typer.Option(help="With --freeze-backbone: backbone stages that still learn, e.g. s16.")] = None,
     train_only: Annotated[Optional[str], typer.Option(help="Only these modules learn (comma-separated names, e.g. decoder_zero); everything else, BatchNorm statistics included, stays fixed.")] = None,
     zero_shot: Annotated[Optional[bool], typer.Option("--zero-shot/--one-shot", help="rvos: train the zero-shot decoder (instances matched to slots) instead of the one-shot one.")] = None,
-    slots: Annotated[Optional[int], typer.Option(help="Zero-shot: instance slots per clip.")] = None,
+    slots: Annotated[Optional[int], int_option(..., "--slots", lo=1, hi=255, help="Zero-shot: instance slots per clip.")] = None,
     objects: Annotated[Optional[int], typer.Option(help="One-shot models that decode objects jointly (rvos): objects per sample, chained (default 2; 1 for the others).")] = None,
     val_sequences: Annotated[Optional[str], typer.Option(help="Held-out sequences of --data for validation, comma-separated.")] = None,
-    val_every: Annotated[Optional[int], typer.Option(help="Validate every N iterations (and at the end).")] = None,
-    val_size: Annotated[Optional[int], typer.Option(help="Validation inference short side (default: training height). With --export: the shipped inference size; the card's dev J&F is measured at it.")] = None,
-    ckpt_every_min: Annotated[Optional[float], typer.Option(help="Save last.pt every N minutes.")] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop (and save) after N minutes of training.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (0: in the main process).")] = None,
-    log_every: Annotated[Optional[int], typer.Option(help="Log a line every N iterations.")] = None,
+    val_every: Annotated[Optional[int], int_option(..., "--val-every", lo=1, hi=10**9, help="Validate every N iterations (and at the end).")] = None,
+    val_size: Annotated[Optional[int], int_option(..., "--val-size", lo=32, hi=4096, help="Validation inference short side (default: training height). With --export: the shipped inference size; the card's dev J&F is measured at it.")] = None,
+    ckpt_every_min: Annotated[Optional[float], float_option(..., "--ckpt-every-min", lo=0, hi=10**6, lo_open=True, help="Save last.pt every N minutes.")] = None,
+    max_minutes: Annotated[Optional[float], float_option(..., "--max-minutes", lo=0, hi=10**7, lo_open=True, help="Stop (and save) after N minutes of training.")] = None,
+    seed: Annotated[Optional[int], int_option(..., "--seed", lo=0, hi=2**31 - 1, help="Random seed.")] = None,
+    threads: Annotated[Optional[int], int_option(..., "--threads", lo=1, hi=1024, help="CPU threads (default: all cores).")] = None,
+    workers: Annotated[Optional[int], int_option(..., "--workers", lo=0, hi=256, help="Data-loading worker processes (0: in the main process).")] = None,
+    log_every: Annotated[Optional[int], int_option(..., "--log-every", lo=1, hi=10**9, help="Log a line every N iterations.")] = None,
     export: Annotated[Optional[Path], typer.Option(help="Export a run as shipped weights: weights/NAME.safetensors (+ NAME.json).")] = None,
     from_: Annotated[Optional[Path], typer.Option("--from", help="Export: the run checkpoint (default OUT/best.pt, else OUT/last.pt).")] = None,
     fp16: Annotated[Optional[bool], typer.Option("--fp16/--fp32", help="Export: store fp16 (default: when over 20 MiB).")] = None,
@@ -145,14 +148,8 @@ def _run(**o) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m vostool.train``: the same command on its own."""
-    from vostool.cli.common import OneLineGroup
+    from vostool.cli.common import OneLineCommand, friendly_errors
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, cls=OneLineGroup,
-                      rich_markup_mode=None)
-    try:
-        from vostool.cli.common import friendly_errors
-
-        app.command()(friendly_errors(train_command))
-    except ImportError:  # pragma: no cover
-        app.command()(train_command)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    app.command(cls=OneLineCommand)(friendly_errors(train_command))
     app(args=argv, prog_name="vostool train")
