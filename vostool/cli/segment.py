@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from vostool.cli.common import console, make_progress, parse_floats, warn
+from vostool.cli.common import console, float_option, int_option, make_progress, parse_floats, warn
 from vostool.errors import VostoolError
 
 
@@ -21,6 +21,11 @@ def _parse_mask_at(items: list[str]) -> dict[int, Path]:
             raise VostoolError(f"--mask-at takes FRAME:PNG (e.g. 120:fix.png), got '{item}'")
         out[int(frame)] = Path(png)
     return out
+
+
+SIZE_MIN, SIZE_MAX = 32, 4096  # --size: two strides of the models .. 4K
+SCALE_MIN, SCALE_MAX = 0.25, 4.0
+FPS_MAX = 1000.0
 
 
 def _out_dir(out: Optional[Path], src: Path, stem: str, several: bool) -> Path:
@@ -59,23 +64,25 @@ def segment(
     backend: str = typer.Option("auto", "--backend", help="What runs the frame encoder: auto|torch|onnxruntime "
                                 "(auto: onnxruntime for fp32 on CPUs without native bf16 when installed, "
                                 "`pip install 'vostool[onnx]'`; torch elsewhere)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Internal size of the shorter side "
-                                       "(default: the checkpoint's training size). Outputs are always at "
-                                       "the source resolution."),
+    size: Optional[int] = int_option(None, "--size", lo=SIZE_MIN, hi=SIZE_MAX,
+                                     help="Internal size of the shorter side (default: the checkpoint's "
+                                     "training size). Outputs are always at the source resolution."),
     scales: str = typer.Option("1.0", "--scales", help="Comma list of input scales averaged per frame, "
-                               "e.g. 0.5,0.75,1.0 (slower)."),
+                               f"e.g. 0.5,0.75,1.0 (slower). Range: each {SCALE_MIN:g}..{SCALE_MAX:g}."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <input stem>_vos/ "
                                        "beside the input; with several inputs, one sub-folder each)."),
     outputs: str = typer.Option("masks,overlay", "--outputs", help="Comma list of: masks, objects, probs, "
                                 "alpha, matte, overlay, alpha-video."),
-    alpha_object: Optional[int] = typer.Option(None, "--alpha-object", help="Object id for alpha outputs "
-                                               "(default: union of all objects)."),
+    alpha_object: Optional[int] = int_option(None, "--alpha-object", lo=1, hi=65535, help="Object id for alpha "
+                                             "outputs, one of the mask's (default: union of all objects)."),
     alpha_format: str = typer.Option("mov", "--alpha-format", help="mov (ProRes 4444) or webm (VP9 alpha)."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of a folder of frames (default 24)."),
-    max_objects: Optional[int] = typer.Option(None, "--max-objects", min=1, help="Zero-shot (rvos, no --mask): "
-                                              "objects to find (default: the slots the checkpoint was trained with)."),
-    theta_c: Optional[float] = typer.Option(None, "--theta-c", help="DTN decision threshold (lower: faster, "
-                                            "more box propagation)."),
+    fps: Optional[float] = float_option(None, "--fps", lo=0, hi=FPS_MAX, lo_open=True,
+                                        help="Frame rate of a folder of frames (default 24)."),
+    max_objects: Optional[int] = int_option(None, "--max-objects", lo=1, hi=255, help="Zero-shot (rvos, no "
+                                            "--mask): objects to find (default: the slots the checkpoint was "
+                                            "trained with)."),
+    theta_c: Optional[float] = float_option(None, "--theta-c", lo=0, hi=1, help="DTN decision threshold on "
+                                            "its confidence (lower: faster, more box propagation)."),
     preview: bool = typer.Option(False, "--preview", help="Also write preview.jpg: a contact sheet of 12 "
                                  "overlay frames spread over the video, with their frame numbers."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs in an existing folder."),
@@ -96,7 +103,7 @@ def segment(
     wanted = parse_outputs(outputs)
     if alpha_format not in ("mov", "webm"):
         raise VostoolError(f"--alpha-format must be mov or webm, got '{alpha_format}'")
-    scale_list = parse_floats(scales, "--scales")
+    scale_list = parse_floats(scales, "--scales", SCALE_MIN, SCALE_MAX)
     corrections = _parse_mask_at(mask_at)
     paths = expand_inputs(list(inputs))
     several = len(paths) > 1
@@ -136,6 +143,9 @@ def segment(
             raise VostoolError(f"--theta-c applies to dtn only, not '{model_name}'")
         model.theta_c = theta_c  # type: ignore[assignment]
     internal = size if size is not None else recommended_size(model)
+    if min(scale_list) * internal < model.stride or max(scale_list) * internal > SIZE_MAX:
+        raise VostoolError(f"--scales {scales} at size {internal} gives internal sizes outside "
+                           f"{model.stride}..{SIZE_MAX}")
     if starter is not None:
         for path in paths:
             with open_source(path, fps=fps) as src:
