@@ -187,3 +187,42 @@ def test_ranges_are_in_the_help():
         assert text in out, text
     assert "1..100000" in invoke("bench", "--help").output
     assert "(0, 1)" in invoke("train", "--help").output
+
+
+# -- item 8: everything checked before anything is created ---------------------------------------
+
+def test_device_and_precision_errors_create_nothing(clip, tmp_path):
+    if not torch.cuda.is_available():
+        assert "CUDA" in one_error_line(segment(clip, tmp_path / "o", "--device", "cuda"))
+        assert not (tmp_path / "o").exists()
+    assert "unknown precision" in one_error_line(segment(clip, tmp_path / "o", "--precision", "fp8"))
+    assert "fp16 is not supported on the CPU" in one_error_line(segment(clip, tmp_path / "o", "--precision",
+                                                                        "fp16"))
+    assert "unknown device" in one_error_line(segment(clip, tmp_path / "o", "--device", "tpu"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_alpha_object_not_in_mask_creates_nothing(clip, tmp_path):
+    line = one_error_line(segment(clip, tmp_path / "o", "--alpha-object", "5", "--outputs", "alpha"))
+    assert "--alpha-object 5" in line and "3, 7" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_mask_at_twice_or_past_the_end_creates_nothing(clip, tmp_path):
+    _, first, _, _ = clip
+    line = one_error_line(segment(clip, tmp_path / "o", "--mask-at", f"2:{first}", "--mask-at", f"2:{first}"))
+    assert "frame 2 twice" in line
+    line = one_error_line(segment(clip, tmp_path / "o", "--mask-at", f"6:{first}"))  # 6 frames: 0..5
+    assert "--mask-at 6 is past the last frame (5)" in line
+    assert not (tmp_path / "o").exists()
+    r = segment(clip, tmp_path / "ok", "--mask-at", f"5:{first}")  # the last frame is fine
+    assert r.exit_code == 0, r.output
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_once(clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOSTOOL_NO_BF16", "1")  # as on an AVX2-only CPU
+    r = segment(clip, tmp_path / "o", "--precision", "bf16")
+    assert r.exit_code == 0, r.output
+    notes = [ln for ln in r.stderr.splitlines() if "bf16" in ln]
+    assert len(notes) == 1 and notes[0].startswith("warning:") and "fp32" in notes[0]
+    assert ", fp32 ->" in r.stdout  # the summary says what ran

@@ -73,6 +73,20 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
+def check_device_precision(device: str, precision: str) -> None:
+    """Resolve ``--device`` and ``--precision`` now, so that their errors (no CUDA, an unknown
+    name, fp16 on the CPU) come before anything is created. ``--precision bf16`` on a CPU
+    without native bf16 (AVX-512 BF16 or AMX) runs fp32, as ``auto`` does there, with one
+    warning line."""
+    from vostool.engine.device import cpu_has_native_bf16, resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    resolve_precision(precision, dev)
+    if (precision or "").lower() == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
+        warn("--precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX); running fp32, "
+             "which is faster here than emulated bf16")
+
+
 def make_progress(quiet: bool = False) -> Progress:
     """A rich progress bar on stderr, disabled in pipes or with ``--quiet``."""
     disable = quiet or not sys.stderr.isatty()

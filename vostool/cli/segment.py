@@ -9,7 +9,8 @@ from typing import Optional
 import numpy as np
 import typer
 
-from vostool.cli.common import console, float_option, int_option, make_progress, parse_floats, warn
+from vostool.cli.common import check_device_precision, console, float_option, int_option, make_progress, \
+    parse_floats, warn
 from vostool.errors import VostoolError
 
 
@@ -19,7 +20,11 @@ def _parse_mask_at(items: list[str]) -> dict[int, Path]:
         frame, sep, png = item.partition(":")
         if not sep or not frame.strip().isdigit() or not png:
             raise VostoolError(f"--mask-at takes FRAME:PNG (e.g. 120:fix.png), got '{item}'")
-        out[int(frame)] = Path(png)
+        idx = int(frame)
+        if idx in out:
+            raise VostoolError(f"--mask-at gives frame {idx} twice ({out[idx]} and {png}); "
+                               "put both objects into one mask")
+        out[idx] = Path(png)
     return out
 
 
@@ -119,6 +124,7 @@ def segment(
     overwrite = overwrite or skip_done  # a video not done again replaces vostool's own partial outputs
     device = worker_device(device, worker)
     check_backend(backend, device, precision)
+    check_device_precision(device, precision)  # no CUDA, fp16 on the CPU...: before anything exists
     starter = PromptStart.from_options(box, point, neg_point, at, save_mask, mask, corrections)
     has_first = mask is not None or mask_dir is not None or (starter is not None and starter.at == 0)
     for dest in dests:  # before any work: never a user's file replaced, --overwrite where needed
@@ -133,6 +139,9 @@ def segment(
         for note in early.warnings:
             warn(note)
         given_ids.update(early.object_ids)
+    if alpha_object is not None and mask is not None and starter is None and alpha_object not in given_ids:
+        raise VostoolError(f"--alpha-object {alpha_object} is not an object of the mask "
+                           f"(ids {', '.join(map(str, sorted(given_ids)))})")
 
     model = load_model(model_name, weights=weights)
     if not has_first and not model.supports_zero_shot:
@@ -150,6 +159,12 @@ def segment(
         for path in paths:
             with open_source(path, fps=fps) as src:
                 starter.check_source(src.width, src.height, src.num_frames, path.name)
+    if corrections:  # a --mask-at past the end: now, not after the whole video
+        for path in paths:
+            with open_source(path, fps=fps) as src:
+                if src.num_frames is not None and max(corrections) >= src.num_frames:
+                    raise VostoolError(f"{path.name}: --mask-at {max(corrections)} is past the last frame "
+                                       f"({src.num_frames - 1})")
     dist_created = init_distributed(worker)
     reports: list[dict] = [{"input": str(j.path), "skipped": True} for j in plan.skipped]
 
