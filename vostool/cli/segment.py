@@ -219,7 +219,7 @@ def segment(
                               f"on {prop.device_name}, {prop.precision} -> {dest}", highlight=False, soft_wrap=True)
     gathered = gather_to_rank0(worker, reports)
     finish_distributed(dist_created)
-    if gathered is not None and not quiet and (worker.count > 1 or plan.skipped):
-        where = f" [{worker.describe()}]" if worker.count > worker.world_size else ""
+    if gathered is not None and not quiet and (worker.count > 1 or plan.total > 1 or plan.skipped):
+        where = f" ({worker.describe()})" if worker.count > worker.world_size else ""
         console.print(summary_line(gathered, plan.total, worker.world_size) + where, highlight=False,
                       soft_wrap=True)
