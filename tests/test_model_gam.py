@@ -63,7 +63,7 @@ def test_channel_attention_eq4_to_7() -> None:
     alpha = torch.log1p(torch.exp(torch.tensor(0.3)))
     for b in range(2):
         f_in = x[b].reshape(4, 6).T                    # N x C
-        r = f_in.T @ f_in                              # Eq. 4: f1 f2
+        r = f_in.T @ f_in / 6                          # Eq. 4: f1 f2, scaled by 1/N
         r_soft = torch.exp(r) / torch.exp(r).sum(0, keepdim=True)   # Eq. 5: sum over i
         f_r = f_in @ r_soft                            # Eq. 6
         want = alpha * f_r + f_in                      # Eq. 7
@@ -71,6 +71,32 @@ def test_channel_attention_eq4_to_7() -> None:
     with torch.no_grad():
         cam.alpha_raw.fill_(-50.0)
     assert cam.alpha >= 0
+
+
+def test_channel_attention_is_not_one_hot_and_alpha_learns() -> None:
+    """Issue 12, defect 2: unscaled, ``R = f f^T`` sums N products and the softmax of
+    Eq. 5 is one-hot on features of realistic size (the shipped model's CAM input at
+    480p: 128 channels, 30 x 54 positions, std ~0.6)."""
+    torch.manual_seed(0)
+    cam = ChannelAttention()
+    x = torch.randn(1, 128, 30, 54) * 0.6 + 0.1 * torch.randn(1, 128, 1, 1)
+    f = x.reshape(1, 128, -1)
+    att = cam.attention(f)
+    torch.testing.assert_close(att.sum(1), torch.ones(1, 128))
+    assert float(att.max()) < 0.99
+    raw = torch.softmax(torch.bmm(f, f.transpose(1, 2)), dim=1)  # Eq. 4-5 unscaled
+    assert float(raw.max(1).values.mean()) > 0.99  # what the scaling fixes
+    # The same weights at another input size (R is a mean over positions).
+    att2 = cam.attention(torch.cat([f, f], dim=2))
+    torch.testing.assert_close(att2, att)
+    # alpha gets a gradient, and so does the attention (through f in Eq. 4).
+    x.requires_grad_(True)
+    out = cam(x)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    assert float(cam.alpha_raw.grad.abs()) > 0
+    direct = g  # d/dx of the identity term
+    assert float((x.grad - direct).abs().sum()) > 0
 
 
 def test_mask_embedding_layers() -> None:

@@ -20,7 +20,7 @@ Architecture, point by point against ``papers/gam-realtime-highres.txt``:
   its size never changes with the video's length. **Matches.**
 - Channel-wise attention module (Eq. 4-7, :class:`ChannelAttention`): ``R = f1 f2``,
   ``R' = softmax`` over ``i`` (Eq. 5), ``f_R = f_in R'``, ``f_out = alpha f_R + f_in``
-  with a learned ``alpha >= 0``. **Matches.**
+  with a learned ``alpha >= 0``. **Matches**, with ``R`` scaled by ``1/N`` (below).
 - Mask embedding module (Sec. 3.4, Eq. 8, :class:`MaskEmbedding`): the three previous
   estimated masks (2 channels each: background, object; soft) and three coordinate
   channels (height, width, distance from the centre) concatenated, through four
@@ -52,7 +52,19 @@ Choices where the paper is silent (or deviations):
   ``R`` sums ``H x W`` products and overflows fp16.
 - ``alpha = softplus(a)`` with ``a`` learned and initialised to -6 (``alpha`` ~ 0.0025):
   non-negative, never stuck at 0, and CAM starts close to identity like DANet's
-  ``gamma = 0``. Eq. 5 is kept as written (no temperature).
+  ``gamma = 0``.
+- Eq. 4 is scaled by ``1/N`` (N = H x W positions at 1/16): ``R`` becomes the channels'
+  second-moment matrix, the same at every input size (as the keys' normalisation makes
+  Eq. 1 size-independent). As written, ``R = f f^T`` sums ``N`` products: on the
+  shipped model's CAM input (a bmx-bumps frame at 480p, N = 30 x 54, features of std
+  0.6) the softmax of Eq. 5 was one-hot (mean over columns of the largest weight 0.983,
+  largest 1.0), so ``f_R`` copied the strongest channel, nothing in Eq. 5 could learn and
+  ``alpha`` stayed at its initial 0.0023 in the shipped weights. With ``1/sqrt(N)`` it
+  stays size-dependent and still peaky there (0.53, largest 0.9998); with ``1/N`` the
+  weights are soft (0.012, largest 0.021) and scale with the features, so Eq. 5 and
+  ``alpha`` get gradients. The shipped weights were trained without the scaling; they
+  load unchanged (no parameter changed). Retraining with the scaling is issue 12
+  section 2.
 - Mask encoder: ``mask_backbone="small"`` (default) is four stride-2 3x3 convolutions
   + ReLU over the object's soft probability (16/32/64/64 channels, 1/16), concatenated
   with the frame's 1/16 features ``F_T`` and fused by a 3x3 convolution and a residual
@@ -120,8 +132,9 @@ def distribute(query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
 class ChannelAttention(nn.Module):
     """Channel-wise attention module (Eq. 4-7).
 
-    ``R = f1 f2`` (``C x C``), ``R'(i, j) = exp R(i, j) / sum_i exp R(i, j)``,
-    ``f_R = f_in R'``, ``f_out = alpha f_R + f_in`` with ``alpha = softplus(a) >= 0``.
+    ``R = f1 f2 / N`` (``C x C``, N = H x W positions), ``R'(i, j) = exp R(i, j) / sum_i
+    exp R(i, j)``, ``f_R = f_in R'``, ``f_out = alpha f_R + f_in`` with
+    ``alpha = softplus(a) >= 0``.
 
     x: ``B x C x H x W`` -> ``B x C x H x W``. Computed in float32.
     """
@@ -134,12 +147,18 @@ class ChannelAttention(nn.Module):
     def alpha(self) -> torch.Tensor:
         return F.softplus(self.alpha_raw)
 
+    @staticmethod
+    def attention(f: torch.Tensor) -> torch.Tensor:
+        """Eq. 4-5 with the 1/N scaling: f ``B x C x N`` float -> ``R'`` ``B x C x C``
+        (each column ``j`` a distribution over ``i``)."""
+        r = torch.bmm(f, f.transpose(1, 2)) / f.shape[-1]          # Eq. 4, scaled: B x C x C
+        return torch.softmax(r, dim=1)                              # Eq. 5: over i
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         with torch.autocast(device_type=x.device.type, enabled=False):
             f = x.float().reshape(b, c, h * w)                      # f1: B x C x N
-            r = torch.bmm(f, f.transpose(1, 2))                     # Eq. 4: B x C x C
-            r = torch.softmax(r, dim=1)                             # Eq. 5: over i
+            r = self.attention(f)                                   # Eq. 4-5
             f_r = torch.bmm(r.transpose(1, 2), f)                   # Eq. 6 (channels first)
             out = self.alpha * f_r + f                              # Eq. 7
         return out.reshape(b, c, h, w).to(x.dtype)
