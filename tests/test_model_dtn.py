@@ -227,3 +227,31 @@ def test_registry_entry_and_config() -> None:
         build_model("dtn", roi_size=100)
     with pytest.raises(VostoolError, match="only rvos"):
         Propagator(m, device="cpu", precision="fp32", size=32).start(np.zeros((32, 32, 3), np.uint8), None)
+
+
+def test_reidentification_ranks_with_objectness() -> None:
+    """Issue 12, defect 5: the 81 candidates were ranked by feature distance alone."""
+    from vostool.models.dtn import reid_scores
+
+    dist = torch.tensor([[1.0, 1.2, 3.0]])
+    same = torch.zeros(1, 3)
+    assert int(reid_scores(dist, same).argmin(1)) == 0  # equal objectness: the closest
+    obj = torch.tensor([[-6.0, 6.0, 6.0]])
+    assert int(reid_scores(dist, obj).argmin(1)) == 1  # a little farther, far more object-like
+    assert int(reid_scores(dist * 10, obj).argmin(1)) == 1  # relative distances: scale-free
+    torch.testing.assert_close(reid_scores(dist, same), dist - 0.5)
+    # Through the model: the same candidates and features, only the objectness differs.
+    torch.manual_seed(0)
+    model = build_model("dtn", **SMALL).eval()
+    s16 = torch.randn(1, model.encoder.channels["s16"], 8, 8)
+    cand = torch.tensor([[[0.0, 0.0, 64.0, 64.0], [0.0, 0.0, 32.0, 32.0], [32.0, 32.0, 64.0, 64.0]]])
+    with torch.no_grad():
+        f = model._pool(s16, cand[0])
+        target = f[:2].mean(0, keepdim=True)  # between candidates 0 and 1
+        dist = 2 * (f - target).norm(dim=-1)
+        assert float(dist.max() / dist.min()) < 2 or float(dist[:2].max() / dist[:2].min()) < 2
+        for winner in (0, 1):
+            obj = torch.full((1, 3), -9.0)
+            obj[0, winner] = 9.0
+            pick = model._reidentify(s16, cand, obj, target, target)
+            assert torch.equal(pick[0], cand[0, winner]), winner
