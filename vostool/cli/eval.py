@@ -53,6 +53,8 @@ _PRECISION = typer.Option("auto", "--precision", help="auto|fp32|fp16|bf16")
 _SIZE = int_option(None, "--size", lo=32, hi=4096, help="Internal size of the shorter side (default: the "
                    "checkpoint's).")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")
+_REPORT = typer.Option(None, "--report", help="Also write DIR/report.html: J&F bars worst first, J per frame "
+                       "curves, and prediction/ground-truth frame strips of the worst sequences (PNGs beside it).")
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,6 +70,22 @@ def _names(text: Optional[str]) -> Optional[list[str]]:
     if not names:
         raise VostoolError("--sequences is empty")
     return names
+
+
+def _write_report(report: EvalReport, report_dir: Optional[Path], quiet: bool, title: str) -> None:
+    """``--report DIR``: the HTML page with its pictures (path said on stderr)."""
+    if report_dir is None:
+        return
+    from vostool.eval.html_report import write_html_report
+
+    meta = {"benchmark": report.benchmark, "split": report.split, "model": report.model,
+            "results": str(report.results_dir)}
+    if report.run is not None and report.run.fps:
+        meta["speed"] = f"{report.run.fps:.1f} fps on {report.run.device} ({report.run.precision})"
+    page = write_html_report(report.result, report.specs, report.results_dir, report_dir, binary=report.binary,
+                             title=f"vostool eval: {title}", meta={k: v for k, v in meta.items() if v})
+    if not quiet:
+        err_console.print(f"report: {page}", highlight=False, soft_wrap=True)
 
 
 def _print_report(report: EvalReport, as_json: bool, quiet: bool, title: str) -> None:
@@ -99,6 +117,7 @@ def _davis(
     year: int, davis_root: Optional[Path], model: Optional[str], weights: Optional[Path],
     results: Optional[Path], split: str, sequences: Optional[str], out: Optional[Path], as_json: bool,
     workers: Optional[int], legacy: bool, device: str, precision: str, size: Optional[int], quiet: bool,
+    report_dir: Optional[Path] = None,
 ) -> None:
     from vostool.eval import davis_sequences, evaluate_davis
 
@@ -133,6 +152,7 @@ def _davis(
             legacy_uint8_decay=legacy, run_progress=on_run, score_progress=on_score,
         )
     _print_report(report, as_json, quiet, f"DAVIS-{year} {split}")
+    _write_report(report, report_dir, quiet, f"DAVIS-{year} {split}")
 
 
 @eval_app.command("davis16")
@@ -143,11 +163,12 @@ def davis16(
     sequences: Optional[str] = _SEQUENCES, out: Optional[Path] = _OUT, as_json: bool = _JSON,
     workers: Optional[int] = _WORKERS, legacy_uint8_decay: bool = _LEGACY, device: str = _DEVICE,
     precision: str = _PRECISION, size: Optional[int] = _SIZE, quiet: bool = _QUIET,
+    report_dir: Optional[Path] = _REPORT,
 ) -> None:
     """DAVIS-2016 (single object): run a model over a split, or score --results, exactly like the
     official toolkit."""
     _davis(2016, davis_root, model, weights, results, split, sequences, out, as_json, workers,
-           legacy_uint8_decay, device, precision, size, quiet)
+           legacy_uint8_decay, device, precision, size, quiet, report_dir)
 
 
 @eval_app.command("davis17")
@@ -158,11 +179,12 @@ def davis17(
     sequences: Optional[str] = _SEQUENCES, out: Optional[Path] = _OUT, as_json: bool = _JSON,
     workers: Optional[int] = _WORKERS, legacy_uint8_decay: bool = _LEGACY, device: str = _DEVICE,
     precision: str = _PRECISION, size: Optional[int] = _SIZE, quiet: bool = _QUIET,
+    report_dir: Optional[Path] = _REPORT,
 ) -> None:
     """DAVIS-2017 (multi-object, semi-supervised): run a model over a split, or score --results,
     exactly like the official toolkit."""
     _davis(2017, davis_root, model, weights, results, split, sequences, out, as_json, workers,
-           legacy_uint8_decay, device, precision, size, quiet)
+           legacy_uint8_decay, device, precision, size, quiet, report_dir)
 
 
 @eval_app.command("folders")
@@ -176,6 +198,7 @@ def folders(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the CSVs (default: --pred)."),
     as_json: bool = _JSON, workers: Optional[int] = _WORKERS, legacy_uint8_decay: bool = _LEGACY,
     quiet: bool = _QUIET,
+    report_dir: Optional[Path] = _REPORT,
 ) -> None:
     """Score any pair of folders of index PNGs with the DAVIS protocol (ids 1..N from each video's
     first ground-truth frame, 255 = void, first and last frames not scored)."""
@@ -198,3 +221,4 @@ def folders(
             legacy_uint8_decay=legacy_uint8_decay, score_progress=on_score,
         )
     _print_report(report, as_json, quiet, "folders")
+    _write_report(report, report_dir, quiet, "folders")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class EvalReport:
 
     result: the scores. run: how the model run went (None when existing results were scored).
     results_dir: where the scored PNGs are. csv_files: (global, per-sequence) CSVs written.
+    specs: the sequences scored. binary: single-object scoring (any non-zero id is the object).
     """
 
     benchmark: str
@@ -35,6 +36,8 @@ class EvalReport:
     csv_files: tuple[Path, Path]
     model: str | None = None
     run: RunStats | None = None
+    specs: list[SequenceSpec] = field(default_factory=list)
+    binary: bool = False
 
     def payload(self) -> dict[str, Any]:
         """The ``--json`` object (see :func:`vostool.eval.report.json_payload`)."""
@@ -116,7 +119,8 @@ def evaluate_davis(
         progress=score_progress,
     )
     csvs = write_csvs(result, out, split)
-    return EvalReport(benchmark, split, result, results, csvs, model=model, run=run)
+    return EvalReport(benchmark, split, result, results, csvs, model=model, run=run, specs=list(specs),
+                      binary=binary)
 
 
 def evaluate_folders(
@@ -147,4 +151,4 @@ def evaluate_folders(
     )
     out = Path(out_dir) if out_dir is not None else Path(pred_dir)
     csvs = write_csvs(result, out, None)
-    return EvalReport("folders", None, result, Path(pred_dir), csvs)
+    return EvalReport("folders", None, result, Path(pred_dir), csvs, specs=list(specs), binary=binary)
