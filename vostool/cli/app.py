@@ -73,4 +73,9 @@ _wrap_all(app)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        from vostool.interrupts import ignore_if_stopped
+
+        ignore_if_stopped()  # a stopped run exits with its code, whatever signal comes after

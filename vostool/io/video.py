@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vostool.errors import VostoolError
+from vostool.interrupts import block_signals_in_thread
 from vostool.types import Frame
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -79,6 +80,7 @@ class _Prefetcher:
         return False
 
     def _run(self) -> None:
+        block_signals_in_thread()  # stop signals are the main thread's to handle
         gen = self._produce()
         try:
             for item in gen:

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from vostool.errors import VostoolError
+from vostool.interrupts import block_signals_in_thread, deferred_signals
 from vostool.io.masks import PALETTE_RGB, save_gray_png, save_index_png, save_rgba_png
 from vostool.io.outdir import Manifest, check_out_dir, output_targets, prepare_out_dir
 from vostool.io.video import FrameSource
@@ -378,9 +379,17 @@ class OutputWriter:
         self._preview = ContactSheet(preview, source.num_frames) if preview > 0 else None
 
     def write(self, frame: Frame, result: FrameResult) -> None:
-        """Write every selected output for one frame (``result`` at the frame's size)."""
+        """Write every selected output for one frame (``result`` at the frame's size).
+
+        A frame goes to every output or to none: a stop signal arriving meanwhile takes
+        effect once the frame is written (see :mod:`vostool.interrupts`).
+        """
         if self._closed:
             raise RuntimeError("OutputWriter is closed")
+        with deferred_signals():
+            self._write(frame, result)
+
+    def _write(self, frame: Frame, result: FrameResult) -> None:
         alpha = None
         if self._needs_alpha:
             if self.alpha_object is not None and self.alpha_object not in result.object_ids:
@@ -406,9 +415,16 @@ class OutputWriter:
         self.frames_written += 1
 
     def close(self, aborted: bool = False) -> None:
-        """Finish the videos (idempotent). ``aborted`` cuts copied audio at the last frame."""
+        """Finish the videos (idempotent). ``aborted`` cuts copied audio at the last frame.
+
+        Stop signals wait until the videos are finished.
+        """
         if self._closed:
             return
+        with deferred_signals():
+            self._close(aborted)
+
+    def _close(self, aborted: bool) -> None:
         self._closed = True
         errors: list[BaseException] = []
         if self._preview is not None and self._preview.seen:
@@ -455,6 +471,7 @@ class AsyncWriter:
         self._thread.start()
 
     def _run(self) -> None:
+        block_signals_in_thread()  # signals go to the main thread, never cut a write here
         while (item := self._queue.get()) is not None:
             if self._error is None:  # after a failure, keep draining so write() never blocks
                 try:
@@ -475,16 +492,20 @@ class AsyncWriter:
         self._queue.put((frame, result))
 
     def close(self, aborted: bool = False) -> None:
-        """Drain the queue, stop the thread and close the writer (idempotent)."""
+        """Drain the queue, stop the thread and close the writer (idempotent).
+
+        Stop signals wait until everything queued is written and the videos are finished.
+        """
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        self._thread.join()
-        try:
-            self.writer.close(aborted or self._error is not None)
-        finally:
-            self._raise_error()
+        with deferred_signals():
+            self._queue.put(None)
+            self._thread.join()
+            try:
+                self.writer.close(aborted or self._error is not None)
+            finally:
+                self._raise_error()
 
     def __enter__(self) -> AsyncWriter:
         return self

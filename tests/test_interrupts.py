@@ -1,0 +1,86 @@
+"""vostool.interrupts in-process: stop signals become one orderly KeyboardInterrupt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from vostool.interrupts import (
+    Interrupted,
+    deferred_signals,
+    interrupt_exit_code,
+    interrupt_message,
+    orderly_signals,
+)
+
+
+def deliver(sig: int) -> None:
+    os.kill(os.getpid(), sig)
+    for _ in range(1000):  # the handler runs between two bytecodes of the main thread
+        pass
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_first_signal_interrupts_later_ones_are_ignored(sig, code):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    shutdown_done = False
+    with pytest.raises(Interrupted) as info:
+        with orderly_signals():
+            try:
+                deliver(sig)
+            finally:  # the shutdown: neither signal can cut it short
+                deliver(signal.SIGINT)
+                deliver(signal.SIGTERM)
+                shutdown_done = True
+    assert shutdown_done and info.value.signum == sig
+    assert interrupt_exit_code(info.value) == code
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert interrupt_message(info.value) == (
+        "interrupted: outputs written so far are complete" if sig == signal.SIGINT
+        else f"interrupted ({signal.Signals(sig).name}): outputs written so far are complete")
+    assert {s: signal.getsignal(s) for s in before} == before  # restored
+    assert interrupt_exit_code(KeyboardInterrupt()) == 130
+
+
+def test_an_ignored_signal_stays_ignored():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with orderly_signals():
+            deliver(signal.SIGHUP)
+            with deferred_signals():
+                deliver(signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_deferred_signals_act_after_the_block():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals():
+            deliver(signal.SIGINT)
+            done.append("frame written")
+    assert done == ["frame written"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with orderly_signals(), pytest.raises(Interrupted) as info:
+        with deferred_signals():
+            deliver(signal.SIGTERM)
+            done.append("again")
+    assert done[-1] == "again" and info.value.signum == signal.SIGTERM
+
+
+def test_other_threads_are_left_alone():
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def run() -> None:
+        with orderly_signals():  # Python handlers belong to the main thread: nothing installed
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == [before]
