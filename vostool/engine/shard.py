@@ -20,6 +20,7 @@ split, never before, so that workers never disagree).
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from dataclasses import dataclass
@@ -136,7 +137,9 @@ def init_distributed(worker: Worker) -> bool:
     if not dist.is_available():
         raise VostoolError("torch.distributed is not available in this torch build; use --shard K/N instead")
     try:
-        dist.init_process_group("gloo")
+        # Ranks meet only at the end, to gather the summary: one may finish hours before
+        # another, so the wait must not time out at gloo's default 30 minutes.
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=30))
     except (RuntimeError, ValueError) as exc:
         raise VostoolError(f"cannot join the torchrun process group ({' '.join(str(exc).split())[:200]})") from None
     return True
