@@ -226,3 +226,12 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_once(clip, tmp_path, monkeypatc
     notes = [ln for ln in r.stderr.splitlines() if "bf16" in ln]
     assert len(notes) == 1 and notes[0].startswith("warning:") and "fp32" in notes[0]
     assert ", fp32 ->" in r.stdout  # the summary says what ran
+
+
+def test_bench_and_eval_check_device_and_precision_first(tmp_path):
+    if not torch.cuda.is_available():
+        assert "CUDA" in one_error_line(invoke("bench", "--all", "--device", "cuda"))
+    assert "fp16 is not supported" in one_error_line(invoke("bench", "--device", "cpu", "--precision", "fp16"))
+    line = one_error_line(invoke("eval", "davis16", "--davis-root", tmp_path, "--precision", "fp8",
+                                 "--out", tmp_path / "o"))
+    assert "unknown precision" in line and not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from vostool.cli.common import console, err_console, int_option, warn
+from vostool.cli.common import check_device_precision, console, err_console, int_option, warn
 from vostool.errors import VostoolError
 
 
@@ -79,6 +79,7 @@ def bench(
     names = [s.name for s in list_models()] if all_models else [model_name or "crvos"]
     if all_models and weights is not None:
         raise VostoolError("--weights applies to one --model, not --all")
+    check_device_precision(device, precision)  # one line for every model, before any is built
 
     results = []
     status = None if as_json else err_console.status("benchmarking...")

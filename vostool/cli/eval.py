@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
-from vostool.cli.common import console, err_console, friendly_errors, int_option, make_progress
+from vostool.cli.common import check_device_precision, console, err_console, friendly_errors, int_option, \
+    make_progress
 from vostool.errors import VostoolError
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ def _davis(
     from vostool.eval import davis_sequences, evaluate_davis
 
     names = _names(sequences)
+    if results is None:  # a model runs: --device/--precision errors (and the bf16 note) first
+        check_device_precision(device, precision)
     lengths = {s.name: len(s.frames) for s in davis_sequences(davis_root, year, split, names)} \
         if davis_root else {}
     with make_progress(quiet) as progress:
