@@ -63,8 +63,11 @@ Choices where the paper is silent (or deviations):
   stays size-dependent and still peaky there (0.53, largest 0.9998); with ``1/N`` the
   weights are soft (0.012, largest 0.021) and scale with the features, so Eq. 5 and
   ``alpha`` get gradients. The shipped weights were trained without the scaling; they
-  load unchanged (no parameter changed). Retraining with the scaling is issue 12
-  section 2.
+  load unchanged (no parameter changed) and, with alpha at 0.0023, their output barely
+  moves: dev J&F 0.64269 before, 0.64267 after (J 0.64076 / 0.64076, F 0.64462 /
+  0.64458; ``vostool eval davis16 --davis-root ../shared/data/DAVIS2016-train --split
+  train --sequences bmx-bumps,car-turn,dance-jump,horsejump-low,kite-walk --model gam``,
+  shipped size 480, bf16 on the CPU). Retraining with the scaling is issue 12 section 2.
 - Mask encoder: ``mask_backbone="small"`` (default) is four stride-2 3x3 convolutions
   + ReLU over the object's soft probability (16/32/64/64 channels, 1/16), concatenated
   with the frame's 1/16 features ``F_T`` and fused by a 3x3 convolution and a residual
@@ -77,7 +80,8 @@ Choices where the paper is silent (or deviations):
 - Decoder widths ``decoder_channels`` at 1/16, 1/8, 1/4 default to 128/64/32 (STM:
   256 everywhere) for speed; a 1x1 convolution projects between unequal widths.
 - Multi-object: objects run as one batch (one memory each), merged by RGMP's soft
-  aggregation in the engine; each object's mask encoder sees its merged probability.
+  aggregation in the engine (background term ``1 - max_k p_k``: the paper does not say
+  how it merges objects); each object's mask encoder sees its merged probability.
 """
 
 from __future__ import annotations
