@@ -235,3 +235,11 @@ def test_bench_and_eval_check_device_and_precision_first(tmp_path):
     line = one_error_line(invoke("eval", "davis16", "--davis-root", tmp_path, "--precision", "fp8",
                                  "--out", tmp_path / "o"))
     assert "unknown precision" in line and not (tmp_path / "o").exists()
+
+
+def test_theta_c_only_for_models_that_have_it(clip, tmp_path):
+    line = one_error_line(segment(clip, tmp_path / "o", "--theta-c", "0.5"))  # crvos has no threshold
+    assert "--theta-c applies to dtn only" in line and not (tmp_path / "o").exists()
+    from vostool.models import VOSModel
+
+    assert VOSModel.theta_c is None and build_model("dtn").theta_c == pytest.approx(0.83)

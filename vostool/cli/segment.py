@@ -148,9 +148,9 @@ def segment(
         raise VostoolError(f"--mask is required: model '{model_name}' needs a first-frame mask; "
                            "only rvos segments without one (zero-shot)")
     if theta_c is not None:
-        if not hasattr(model, "theta_c"):
+        if model.theta_c is None:
             raise VostoolError(f"--theta-c applies to dtn only, not '{model_name}'")
-        model.theta_c = theta_c  # type: ignore[assignment]
+        model.theta_c = theta_c
     internal = size if size is not None else recommended_size(model)
     if min(scale_list) * internal < model.stride or max(scale_list) * internal > SIZE_MAX:
         raise VostoolError(f"--scales {scales} at size {internal} gives internal sizes outside "

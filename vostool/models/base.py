@@ -49,6 +49,9 @@ class VOSModel(nn.Module):
     #: zero-shot models: the number of object slots the engine decodes when the caller
     #: gives none (the number the model was trained with; 0 for other models)
     zero_shot_slots: int = 0
+    #: a decision threshold on a confidence in [0, 1] that callers may set at run time
+    #: (DTN's ``theta_c``: box propagation above it); None: the model has none
+    theta_c: float | None = None
 
     def __init__(self, backbone: str, **config: Any) -> None:
         super().__init__()
