@@ -41,7 +41,7 @@ def _out_dir(out: Optional[Path], src: Path, stem: str, several: bool) -> Path:
 
 def segment(
     inputs: list[Path] = typer.Argument(..., help="Video files, folders of frames, or folders of videos.",
-                                        show_default=False),
+                                        show_default=False, metavar="INPUT"),
     mask: Optional[Path] = typer.Option(None, "--mask", "-m", help="First-frame mask PNG (palette, binary or RGB). "
                                         "Omit only with --model rvos (zero-shot)."),
     mask_at: list[str] = typer.Option([], "--mask-at", help="FRAME:PNG, add or correct objects at a later frame "
