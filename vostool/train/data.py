@@ -7,7 +7,9 @@ is virtual (``length``): the training loop asks for index ``(iteration * world +
 batch + b``.
 
 Each item is ``(frames, masks)``: frames ``T x 3 x H x W`` float32 normalised with the
-ImageNet mean/std, masks ``T x H x W`` int64 in {0, 1} (255 = ignore) for one object.
+ImageNet mean/std, masks ``T x H x W`` int64 in {0, 1} (255 = ignore) for one object, or
+object ids 1..K for K objects per sample (``DavisClips(objects=K)``, ``SyntheticClips(
+return_ids=True)``: models that decode the objects of a frame jointly, RVOS).
 
 :class:`DavisClips` decodes every frame once, resized so that its shorter side is
 ``cache_scale`` times the training height, and keeps them in RAM as uint8 (DAVIS-2016 train:
