@@ -32,9 +32,9 @@ import numpy as np
 from vostool.errors import VostoolError
 
 #: GrabCut works on a copy whose shorter side is at most this many pixels.
-MAX_SIDE = 480
+MAX_SIDE = 360
 #: GrabCut iterations.
-ITERATIONS = 5
+ITERATIONS = 3
 
 _NUM = r"\s*(-?\d+(?:\.\d*)?)\s*"
 _BOX_RE = re.compile(rf"^{_NUM},{_NUM},{_NUM},{_NUM}(?::\s*(\d+)\s*)?$")
