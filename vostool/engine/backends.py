@@ -14,6 +14,7 @@ networks; everything after the encoder (decoder, merging, resizing) stays in tor
 from __future__ import annotations
 
 import io
+import os
 from typing import Any
 
 import torch
@@ -39,9 +40,12 @@ def resolve_backend(name: str, device: torch.device, precision: str) -> tuple[st
 
     ``auto``: ``onnxruntime`` for fp32 on the CPU when it is installed, else ``torch``.
     An explicit ``onnxruntime`` needs the CPU, fp32 and the package (else a one-line
-    error naming what to change).
+    error naming what to change). ``$VOSTOOL_BACKEND`` replaces ``auto`` (for commands
+    without ``--backend``: eval, train's validation).
     """
     name = (name or "auto").lower()
+    if name == "auto" and os.environ.get("VOSTOOL_BACKEND", "").strip():
+        name = os.environ["VOSTOOL_BACKEND"].strip().lower()
     if name not in BACKENDS:
         raise VostoolError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")
     ort = onnxruntime_version()
