@@ -320,6 +320,7 @@ def _grabcut_object(
     bg_any = np.isin(gc, (cv2.GC_BGD, cv2.GC_PR_BGD)).any()
     if fg_any and bg_any and iterations > 0:
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)  # GrabCut's k-means starts from OpenCV's global RNG: same prompts, same mask
         try:
             cv2.grabCut(crop, gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
         except cv2.error:  # degenerate colour statistics: keep the seeds
