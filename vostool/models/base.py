@@ -119,3 +119,13 @@ class VOSModel(nn.Module):
         """Training loss. logits: ``B x T x 2 x H x W``; target: ``B x T x H x W`` long in
         {0, 1} (255 ignored). Default: negative log-likelihood of the 2-way softmax."""
         return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(0, 1), ignore_index=255)
+
+    def training_loss(self, frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The model's own training loss over clips (what ``vostool train`` and ``--adapt``
+        minimise). frames: ``B x T x 3 x H x W`` normalised; masks: ``B x T x H x W`` long in
+        {0, 1} (255 ignored), one object per sample, frame 0's mask given. Default:
+        :meth:`forward_clip` from frame 0's mask, then :meth:`loss` on frames 1..T-1.
+        Models with several loss terms override this."""
+        first = (masks[:, :1] == 1).to(frames.dtype)
+        logits = self.forward_clip(frames, first)
+        return self.loss(logits, masks[:, 1:])

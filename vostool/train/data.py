@@ -22,7 +22,6 @@ simulates occlusion by pasting the background image's own object (or a random pa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,108 +31,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vostool.data.synth import (  # noqa: F401  (re-exported: one copy, shared with --adapt)
+    Augment, affine_matrix, colour_jitter, denormalise, random_path, still_clip, to_tensors, warp,
+)
 from vostool.errors import VostoolError
-from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IGNORE = 255
 
-_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-
-# -- augmentation parameters -----------------------------------------------------------
-@dataclass(frozen=True)
-class Augment:
-    """Random augmentation of a whole clip (the same geometric transform for every frame).
-
-    Defaults follow CRVOS's fine-tuning (flip, rotation, shear, scale 0.75..1.25) with
-    milder rotation/shear than its +-30 degrees.
-    """
-
-    flip: bool = True
-    rotation: float = 15.0        # degrees, +-
-    shear: float = 10.0           # degrees, +-
-    scale: tuple[float, float] = (0.75, 1.25)
-    brightness: float = 0.2       # factor in 1 +- brightness
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.02             # fraction of the hue circle, +-
-
-    @staticmethod
-    def none() -> "Augment":
-        return Augment(False, 0.0, 0.0, (1.0, 1.0), 0.0, 0.0, 0.0, 0.0)
-
-
-def affine_matrix(
-    center: tuple[float, float], out_size: tuple[int, int], scale: float = 1.0, angle: float = 0.0,
-    shear: tuple[float, float] = (0.0, 0.0), flip: bool = False, offset: tuple[float, float] = (0.0, 0.0),
-) -> np.ndarray:
-    """3 x 3 forward matrix (source pixels -> output pixels) that maps the source point
-    ``center`` (x, y) to the output centre + ``offset``, scaled, rotated (degrees,
-    counter-clockwise), sheared (degrees, x and y) and mirrored."""
-    h, w = out_size
-    cx, cy = center
-    t_src = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]], np.float64)
-    a = math.radians(angle)
-    rot = np.array([[math.cos(a), math.sin(a), 0], [-math.sin(a), math.cos(a), 0], [0, 0, 1]])
-    sh = np.array([[1, math.tan(math.radians(shear[0])), 0], [math.tan(math.radians(shear[1])), 1, 0], [0, 0, 1]])
-    sc = np.diag([scale, scale, 1.0])
-    fl = np.diag([-1.0 if flip else 1.0, 1.0, 1.0])
-    t_out = np.array([[1, 0, w / 2 + offset[0]], [0, 1, h / 2 + offset[1]], [0, 0, 1]], np.float64)
-    return t_out @ fl @ sc @ rot @ sh @ t_src
-
-
-def warp(image: np.ndarray, m: np.ndarray, out_size: tuple[int, int], nearest: bool = False,
-         border: int = 0) -> np.ndarray:
-    """Apply a 3 x 3 forward matrix with OpenCV; output ``out_size`` (H, W)."""
-    h, w = out_size
-    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, m[:2].astype(np.float64), (w, h), flags=flags,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)
-
-
-def colour_jitter(frames: torch.Tensor, rng: np.random.Generator, aug: Augment,
-                  per_frame: float = 0.0) -> torch.Tensor:
-    """frames ``T x 3 x H x W`` float in [0, 1]; one random jitter for the clip plus an
-    optional per-frame variation (``per_frame`` times the clip ranges)."""
-    import torchvision.transforms.v2.functional as TF
-
-    if aug.brightness == aug.contrast == aug.saturation == aug.hue == 0:
-        return frames
-    t = frames.shape[0]
-
-    def draw(r: float) -> np.ndarray:
-        base = rng.uniform(-r, r)
-        return base + rng.uniform(-r, r, size=t) * per_frame
-
-    b, c, s, hu = draw(aug.brightness), draw(aug.contrast), draw(aug.saturation), draw(aug.hue)
-    out = []
-    for i in range(t):
-        f = frames[i]
-        f = TF.adjust_brightness(f, float(max(0.0, 1 + b[i])))
-        f = TF.adjust_contrast(f, float(max(0.0, 1 + c[i])))
-        f = TF.adjust_saturation(f, float(max(0.0, 1 + s[i])))
-        if aug.hue:
-            f = TF.adjust_hue(f, float(np.clip(hu[i], -0.5, 0.5)))
-        out.append(f)
-    return torch.stack(out).clamp_(0, 1)
-
-
-def to_tensors(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], rng: np.random.Generator,
-               aug: Augment, per_frame_colour: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 ``H x W x 3`` images and ``H x W`` masks -> normalised frames and int64 masks."""
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)
-    x = colour_jitter(x, rng, aug, per_frame_colour)
-    x = (x - _MEAN) / _STD
-    y = torch.from_numpy(np.stack(masks).astype(np.int64))
-    return x.contiguous(), y
-
-
-def denormalise(frames: torch.Tensor) -> torch.Tensor:
-    """Normalised ``... x 3 x H x W`` -> uint8 RGB (for looking at clips)."""
-    x = frames * _STD.view(3, 1, 1) + _MEAN.view(3, 1, 1)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -523,22 +428,7 @@ class SyntheticClips(torch.utils.data.Dataset):
     def _path(self, rng: np.random.Generator, src_shape: tuple[int, int], center: tuple[float, float],
               base_scale: float, motion: float) -> list[np.ndarray]:
         """A random smooth path of ``clip_len`` forward matrices around ``center``."""
-        a = self.augment
-        h, w = self.size
-        s = base_scale * float(rng.uniform(*a.scale))
-        ang = float(rng.uniform(-a.rotation, a.rotation)) if a.rotation else 0.0
-        shr = float(rng.uniform(-a.shear, a.shear)) if a.shear else 0.0
-        flip = bool(a.flip and rng.random() < 0.5)
-        off = np.array([rng.uniform(-0.25, 0.25) * w, rng.uniform(-0.25, 0.25) * h]) * motion
-        vel = rng.normal(0, 0.04, 2) * np.array([w, h]) * motion
-        d_ang, d_s = rng.normal(0, 3.0) * motion, rng.normal(0, 0.03) * motion
-        out = []
-        for _ in range(self.clip_len):
-            out.append(affine_matrix(center, self.size, s, ang, (shr, 0.0), flip, (float(off[0]), float(off[1]))))
-            off = off + vel + rng.normal(0, 0.01, 2) * np.array([w, h]) * motion
-            ang += d_ang + rng.normal(0, 1.0) * motion
-            s *= float(np.clip(1 + d_s + rng.normal(0, 0.01) * motion, 0.8, 1.25))
-        return out
+        return random_path(rng, self.augment, self.size, center, base_scale, motion, self.clip_len)
 
     def make_clip(self, index: int) -> dict:
         """One clip with details: ``frames``, ``masks``, ``strategy`` (1 or 2), ``ids``
@@ -573,10 +463,7 @@ class SyntheticClips(torch.utils.data.Dataset):
         ys, xs = np.nonzero(m)
         if len(ys) == 0 and not force:
             return None
-        center = (float(xs.mean()), float(ys.mean())) if len(ys) else (img.shape[1] / 2, img.shape[0] / 2)
-        mats = self._path(rng, img.shape[:2], center, self._fit_scale(img.shape[:2]), motion=1.0)
-        images = [warp(img, mt, self.size, border=0) for mt in mats]
-        masks = [warp(m, mt, self.size, nearest=True) for mt in mats]
+        images, masks = still_clip(img, m, rng, self.augment, self.size, self.clip_len, motion=1.0)
         if not force and masks[0].sum() < 16:
             return None
         return {"images": images, "id_masks": masks, "strategy": 1}

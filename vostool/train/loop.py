@@ -8,7 +8,7 @@ Stages (as the papers train):
 
 Each step runs ``model.forward_clip`` over a clip, the model fed its own soft predictions
 (back-propagation through time), and the model's own loss: ``model.training_loss(frames,
-masks)`` when the model defines one (multi-part losses), else ``model.loss``.
+masks)`` (declared on :class:`VOSModel`; multi-part losses override it).
 
 A run lives in its ``out`` folder: ``last.pt`` (everything to resume: model, optimiser,
 scaler, iteration, RNG states, config, wall time, the commands that made it),
@@ -210,11 +210,7 @@ def clip_loss(
         if not model.supports_zero_shot:
             raise VostoolError(f"model '{model.name}' has no zero-shot mode (only rvos)")
         return model.training_loss_zero_shot(frames, masks, slots)  # type: ignore[attr-defined]
-    if hasattr(model, "training_loss"):
-        return model.training_loss(frames, masks)  # type: ignore[attr-defined]
-    first = (masks[:, :1] == 1).to(frames.dtype)
-    logits = model.forward_clip(frames, first)
-    return model.loss(logits, masks[:, 1:])
+    return model.training_loss(frames, masks)
 
 
 def to_channels_last_clip(frames: torch.Tensor) -> torch.Tensor:

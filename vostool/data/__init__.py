@@ -1,0 +1,1 @@
+"""Data shared by training and inference: the synthetic-clip maker (:mod:`vostool.data.synth`)."""
