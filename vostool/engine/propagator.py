@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from vostool.engine.device import (
     ThreadGovernor, autocast, configure_cpu, device_name, resolve_device, resolve_precision, threads_fixed,
 )
+from vostool.engine.adapt import Adaptation
 from vostool.errors import VostoolError
 from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from vostool.models.base import Features, State, VOSModel
@@ -381,13 +382,16 @@ class Propagator:
         backend: what runs the backbones: ``auto|torch|onnxruntime`` (see
             :func:`vostool.engine.backends.resolve_backend`; auto: ONNX Runtime for fp32
             on the CPU when it is installed).
+        adapt: ``--adapt``: learn each video's objects from their given masks (a target
+            model held by the :class:`~vostool.engine.adapt.Adaptation`, the model's
+            weights untouched); None: the engine runs exactly as without it.
     """
 
     def __init__(
         self, model: VOSModel, device: str | torch.device = "auto", precision: str = "auto",
         size: int | None = 480, scales: Iterable[float] = (1.0,), channels_last: bool = True,
         max_objects: int | None = None, fold_batchnorm: bool = True, threads: int | None = None,
-        backend: str = "auto",
+        backend: str = "auto", adapt: Adaptation | None = None,
     ) -> None:
         from vostool.engine.backends import resolve_backend
 
@@ -404,6 +408,7 @@ class Propagator:
             raise VostoolError("scales must be positive")
         self.channels_last = channels_last and self.device.type != "mps"
         self.max_objects = max_objects
+        self.adaptation = adapt
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -472,6 +477,8 @@ class Propagator:
         given mask itself in semi-supervised mode)."""
         if self._fast is not None:
             self._fast.refresh()  # the model's weights may have changed since the last video
+        if self.adaptation is not None:
+            self.adaptation.reset()
         return self._start(image, masks)
 
     @_fast
@@ -526,6 +533,8 @@ class Propagator:
         given = [int(i) for i in np.unique(masks) if i != 0]
         if not given:
             raise VostoolError("the mask has no object (all pixels are background)")
+        if self.adaptation is not None:
+            self.adaptation.fit(self, image, masks, given)
         keep = [i for i, oid in enumerate(self.object_ids) if oid not in given]
         given_t = torch.from_numpy(np.stack([masks == g for g in given]).astype(np.float32)).to(self.device)
         claimed = given_t.amax(0, keepdim=True)
@@ -644,6 +653,9 @@ class Propagator:
             with autocast(self.device, self.precision):
                 logits = self.model.predict(
                     self._expand_img(lane.image, k), self.model.expand_features(lane.feats, k), lane.state)
+            if self.adaptation is not None:
+                logits = self.adaptation.correct(logits, lane.feats, self.object_ids,
+                                                 self.model.appearance_features)
             p = torch.softmax(logits[:, :, : lane.h, : lane.w].float(), dim=1)[:, 1:2]
             out.append(self._resize(p, base))
         return out[0] if len(out) == 1 else torch.stack(out).mean(0)

@@ -120,6 +120,19 @@ class VOSModel(nn.Module):
         {0, 1} (255 ignored). Default: negative log-likelihood of the 2-way softmax."""
         return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(0, 1), ignore_index=255)
 
+    def appearance_features(self, feats: Features) -> torch.Tensor | None:
+        """Image-only features of a frame for the target model ``--adapt`` learns at
+        inference (:mod:`vostool.engine.adapt`), from :meth:`encode`'s output (batch B):
+        ``B x C x H/16 x W/16``, or None when the model has none (its per-frame features
+        depend on the mask). Default: ``s16`` with ``s8`` average-pooled onto its grid."""
+        s16 = feats.get("s16")
+        if s16 is None:
+            return None
+        s8 = feats.get("s8")
+        if s8 is None or s8.shape[-2:] != tuple(2 * n for n in s16.shape[-2:]):
+            return s16
+        return torch.cat([s16, F.avg_pool2d(s8, 2).to(s16.dtype)], dim=1)
+
     def training_loss(self, frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """The model's own training loss over clips (what ``vostool train`` and ``--adapt``
         minimise). frames: ``B x T x 3 x H x W`` normalised; masks: ``B x T x H x W`` long in
