@@ -174,7 +174,7 @@ def test_segment_size_and_scales_combined(clip, tmp_path):
     ["train", "--iters", "0"], ["train", "--batch", "-3"], ["train", "--clip-len", "1"], ["train", "--lr", "nan"],
     ["train", "--lr", "0"], ["train", "--ema", "1"], ["train", "--image-ratio", "2"], ["train", "--val-size", "7"],
     ["train", "--max-minutes", "inf"], ["train", "--seed", "-1"], ["train", "--workers", "-1"],
-    ["train", "--slots", "0"],
+    ["train", "--slots", "0"], ["train", "--objects", "0"],
 ])
 def test_other_commands_numeric_options(args):
     line = one_error_line(invoke(*args))

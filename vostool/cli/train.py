@@ -73,7 +73,7 @@ def train_command(
     train_only: Annotated[Optional[str], typer.Option(help="Only these modules learn (comma-separated names, e.g. decoder_zero); everything else, BatchNorm statistics included, stays fixed.")] = None,
     zero_shot: Annotated[Optional[bool], typer.Option("--zero-shot/--one-shot", help="rvos: train the zero-shot decoder (instances matched to slots) instead of the one-shot one.")] = None,
     slots: Annotated[Optional[int], int_option(..., "--slots", lo=1, hi=255, help="Zero-shot: instance slots per clip.")] = None,
-    objects: Annotated[Optional[int], typer.Option(help="One-shot models that decode objects jointly (rvos): objects per sample, chained (default 2; 1 for the others).")] = None,
+    objects: Annotated[Optional[int], int_option(..., "--objects", lo=1, hi=255, help="One-shot models that decode objects jointly (rvos): objects per sample, chained (default 2; 1 for the others).")] = None,
     val_sequences: Annotated[Optional[str], typer.Option(help="Held-out sequences of --data for validation, comma-separated.")] = None,
     val_every: Annotated[Optional[int], int_option(..., "--val-every", lo=1, hi=10**9, help="Validate every N iterations (and at the end).")] = None,
     val_size: Annotated[Optional[int], int_option(..., "--val-size", lo=32, hi=4096, help="Validation inference short side (default: training height). With --export: the shipped inference size; the card's dev J&F is measured at it.")] = None,
