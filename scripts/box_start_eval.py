@@ -51,7 +51,7 @@ def first_frame(davis: Path, seq: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 def segment(frames: Path, start: list[str], out: Path, size: int | None) -> None:
     cmd = [sys.executable, "-m", "vostool", "segment", str(frames), *start, "--out", str(out),
-           "--outputs", "masks", "--quiet", "--overwrite"]
+           "--outputs", "masks", "--quiet", "--skip-done"]  # a rerun with the same --work reuses finished runs
     if size:
         cmd += ["--size", str(size)]
     subprocess.run(cmd, check=True)
@@ -113,7 +113,8 @@ def main() -> None:
             if kind == "box":
                 start = ["--box", f"{b.x0},{b.y0},{b.x1},{b.y1}", "--save-mask", str(work / f"made-{seq}.png")]
             else:
-                start = ["--mask", str(args.davis / "Annotations/480p" / seq / (first_frame(args.davis, seq)[2] + ".png"))]
+                stem = first_frame(args.davis, seq)[2]
+                start = ["--mask", str(args.davis / "Annotations/480p" / seq / f"{stem}.png")]
             if args.model:
                 start += ["--model", args.model]
             run = work / f"run-{kind}" / seq
@@ -132,6 +133,15 @@ def main() -> None:
         per = ", ".join(f"{r['sequence']} {r['J&F-Mean']:.3f}" for r in res["per_sequence"])
         print(f"whole videos from the {'box' if kind == 'box' else 'true mask'}: J&F {g['J&F-Mean']:.3f} "
               f"(J {g['J-Mean']:.3f}, F {g['F-Mean']:.3f}); {per}", flush=True)
+    # How soon the two starts agree: IoU between the masks of the run from the box and the
+    # run from the true mask, at a few frames (crvos carries only the previous frame's mask).
+    for t in (1, 2, 5, 10):
+        agree = []
+        for seq in seqs:
+            a = np.array(Image.open(work / "run-box" / seq / "masks" / f"{t:05d}.png")) != 0
+            b = np.array(Image.open(work / "run-true" / seq / "masks" / f"{t:05d}.png")) != 0
+            agree.append(iou(a, b))
+        print(f"frame {t:2d}: IoU between the runs from the box and from the true mask {np.mean(agree):.3f}")
     print(f"work folder: {work}")
 
 
