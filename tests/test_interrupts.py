@@ -84,3 +84,26 @@ def test_other_threads_are_left_alone():
     thread.start()
     thread.join()
     assert seen == [before]
+
+
+def test_a_lost_interrupt_still_stops_the_next_frame(tmp_path):
+    from test_io_helpers import make_video
+    from test_io_writers import fake_result
+
+    from vostool.io import AsyncWriter, OutputWriter, open_source
+
+    src_path = make_video(tmp_path / "clip.mkv", n=6)
+    out = tmp_path / "out"
+    written = 0
+    with orderly_signals(), open_source(src_path) as src, pytest.raises(Interrupted) as info:
+        with AsyncWriter(OutputWriter(out, {"masks", "overlay"}, src)) as writer:
+            for frame in src:
+                writer.write(frame, fake_result(frame))
+                written += 1
+                if frame.index == 2:
+                    try:  # C code that checks for signals and clears the error
+                        deliver(signal.SIGTERM)
+                    except KeyboardInterrupt:
+                        pass
+    assert info.value.signum == signal.SIGTERM and written == 3
+    assert len(list((out / "masks").glob("*.png"))) == 3

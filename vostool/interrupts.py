@@ -106,6 +106,17 @@ def orderly_signals() -> Iterator[None]:
         _State.first, _State.installed = saved
 
 
+def raise_if_stopped() -> None:
+    """Raise :class:`Interrupted` again if a stop signal came in (main thread only).
+
+    For loops that start new work (the next frame): a C extension that checks for signals
+    and then clears the error can lose the first :class:`Interrupted`; with later signals
+    ignored, the run must still stop at its next step.
+    """
+    if _State.first is not None and _in_main_thread():
+        raise Interrupted(_State.first)
+
+
 def ignore_if_stopped() -> None:
     """For a process's entry point, as it returns: after a stop signal, ignore the stop
     signals for good, so that one more cannot raise during the interpreter's own shutdown."""

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from vostool.errors import VostoolError
-from vostool.interrupts import block_signals_in_thread, deferred_signals
+from vostool.interrupts import block_signals_in_thread, deferred_signals, raise_if_stopped
 from vostool.io.masks import PALETTE_RGB, save_gray_png, save_index_png, save_rgba_png
 from vostool.io.outdir import Manifest, check_out_dir, output_targets, prepare_out_dir
 from vostool.io.video import FrameSource
@@ -386,6 +386,7 @@ class OutputWriter:
         """
         if self._closed:
             raise RuntimeError("OutputWriter is closed")
+        raise_if_stopped()  # a stop whose exception was lost still ends the run here
         with deferred_signals():
             self._write(frame, result)
 
@@ -488,6 +489,7 @@ class AsyncWriter:
         """Queue one frame's result; re-raises an earlier failure of the writer thread."""
         if self._closed:
             raise RuntimeError("AsyncWriter is closed")
+        raise_if_stopped()  # a stop whose exception was lost still ends the run here
         self._raise_error()
         self._queue.put((frame, result))
 
