@@ -91,8 +91,9 @@ def check_complete(out: Path, alpha_format: str, total: int | None = None) -> in
 
 @pytest.mark.parametrize(
     "signals, alpha_format",
-    [([signal.SIGTERM], "mov"), ([signal.SIGHUP], "webm"), ([signal.SIGINT, signal.SIGINT], "mov")],
-    ids=["sigterm", "sighup", "two-ctrl-c"],
+    [([signal.SIGINT], "mov"), ([signal.SIGTERM], "mov"), ([signal.SIGHUP], "webm"),
+     ([signal.SIGINT, signal.SIGINT], "mov")],
+    ids=["ctrl-c", "sigterm", "sighup", "two-ctrl-c"],
 )
 def test_stopped_run_leaves_playable_videos_in_step_with_the_pngs(data, tmp_path, signals, alpha_format):
     out = tmp_path / "o"

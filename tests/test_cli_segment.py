@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import av
@@ -179,27 +175,4 @@ def test_missing_shipped_weights_message(data, tmp_path, monkeypatch):
     assert "no shipped weights" in line
 
 
-def test_interrupted_run_leaves_valid_outputs(data, tmp_path):
-    root, video, mask, weights = data
-    long_video = make_video(tmp_path / "long.mp4", n=400, codec="libx264",
-                            frame_fn=lambda i, w, h: two_objects_frame(i % 30, w, h))
-    out = tmp_path / "o"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "vostool", "segment", str(long_video), "--mask", str(mask),
-                             "--weights", str(weights), "--out", str(out), "--outputs", "masks,overlay",
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "masks").glob("*.png"))) < 10:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err.decode()
-    assert b"Traceback" not in err
-    pngs = sorted((out / "masks").glob("*.png"))
-    assert 10 <= len(pngs) < 400
-    for p in pngs:
-        Image.open(p).load()  # every PNG is complete
-    assert not list(out.rglob("*.tmp*")) and not list(out.rglob("*.part"))
-    with av.open(str(out / "overlay.mp4")) as c:
-        n = sum(1 for _ in c.decode(video=0))
-    assert n == len(pngs)
+# A run stopped by Ctrl-C, SIGTERM, SIGHUP or SIGKILL: tests/test_cli_interrupts.py
