@@ -13,8 +13,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
+    TimeRemainingColumn,
 )
+from rich.text import Text
 
 from typer import _click
 from typer.core import TyperCommand, TyperGroup
@@ -87,14 +89,40 @@ def check_device_precision(device: str, precision: str) -> None:
              "which is faster here than emulated bf16")
 
 
+class _RateColumn(ProgressColumn):
+    """Frames per second, or the task's own ``note`` (``--adapt``: the loss)."""
+
+    def render(self, task: Task) -> Text:
+        note = task.fields.get("note")
+        if note is not None:
+            return Text(str(note))
+        return Text(f"{task.fields.get('fps', 0.0):>6.1f} fps")
+
+
 def make_progress(quiet: bool = False) -> Progress:
     """A rich progress bar on stderr, disabled in pipes or with ``--quiet``."""
     disable = quiet or not sys.stderr.isatty()
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]:>6.1f} fps"), TimeElapsedColumn(), TimeRemainingColumn(),
+        _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         console=err_console, disable=disable, transient=False,
     )
+
+
+def adapt_progress(progress: Progress, label: str) -> Callable[[int, int, float], None]:
+    """``--adapt``'s progress callback ``(step, steps, loss)`` for ``progress``: one bar
+    ``adapt <label>`` with the steps, the loss and the seconds left; a new fit (a later
+    ``--mask-at`` frame) starts it again."""
+    task: list[Any] = []
+
+    def update(step: int, steps: int, loss: float) -> None:
+        if not task:
+            task.append(progress.add_task(f"adapt {label}", total=steps, note=""))
+        elif step == 1:
+            progress.reset(task[0], total=steps)
+        progress.update(task[0], completed=step, note="encoding" if math.isnan(loss) else f"loss {loss:.4f}")
+
+    return update
 
 
 def error_line(message: str) -> None:

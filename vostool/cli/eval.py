@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
-from vostool.cli.common import check_device_precision, console, err_console, friendly_errors, int_option, \
-    make_progress
+from vostool.cli.common import adapt_progress, check_device_precision, console, err_console, friendly_errors, \
+    int_option, make_progress
 from vostool.errors import VostoolError
 
 if TYPE_CHECKING:
@@ -54,6 +54,10 @@ _PRECISION = typer.Option("auto", "--precision", help="auto|fp32|fp16|bf16")
 _SIZE = int_option(None, "--size", lo=32, hi=4096, help="Internal size of the shorter side (default: the "
                    "checkpoint's).")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")
+_ADAPT = typer.Option(False, "--adapt", help="Each sequence first learns its objects from its first mask "
+                      "(as `vostool segment --adapt`), from the shipped weights.")
+_ADAPT_STEPS = int_option(None, "--adapt-steps", lo=0, hi=100_000, help="Optimisation steps of --adapt "
+                          "(default 100).")
 _REPORT = typer.Option(None, "--report", help="Also write DIR/report.html: J&F bars worst first, J per frame "
                        "curves, and prediction/ground-truth frame strips of the worst sequences (PNGs beside it).")
 
@@ -107,6 +111,10 @@ def _print_report(report: EvalReport, as_json: bool, quiet: bool, title: str) ->
             f"model {report.model} on {run.device} ({run.precision}): {run.frames} frames, "
             f"{run.fps:.1f} fps; results in {report.results_dir}", highlight=False,
         )
+        if run.adapt_seconds is not None:
+            n = max(len(res.sequences), 1)
+            console.print(f"--adapt: {run.adapt_seconds:.1f} s learning the objects "
+                          f"({run.adapt_seconds / n:.1f} s per sequence, not in the fps)", highlight=False)
     console.print(
         f"scored {res.scored_frames} frames of {len(res.sequences)} sequences in {res.seconds:.1f} s "
         f"({res.workers} worker{'s' if res.workers != 1 else ''}); CSVs: "
@@ -118,11 +126,15 @@ def _davis(
     year: int, davis_root: Optional[Path], model: Optional[str], weights: Optional[Path],
     results: Optional[Path], split: str, sequences: Optional[str], out: Optional[Path], as_json: bool,
     workers: Optional[int], legacy: bool, device: str, precision: str, size: Optional[int], quiet: bool,
-    report_dir: Optional[Path] = None,
+    report_dir: Optional[Path] = None, adapt: bool = False, adapt_steps: Optional[int] = None,
 ) -> None:
+    from vostool.cli.segment import _adapt_config
     from vostool.eval import davis_sequences, evaluate_davis
 
     names = _names(sequences)
+    adapt_config = _adapt_config(adapt, adapt_steps)
+    if adapt_config is not None and results is not None:
+        raise VostoolError("--adapt runs a model: drop --results")
     if results is None:  # a model runs: --device/--precision errors (and the bf16 note) first
         check_device_precision(device, precision)
     lengths = {s.name: len(s.frames) for s in davis_sequences(davis_root, year, split, names)} \
@@ -153,6 +165,7 @@ def _davis(
             weights=str(weights) if weights is not None else None,
             device=device, precision=precision, size=size, workers=workers,
             legacy_uint8_decay=legacy, run_progress=on_run, score_progress=on_score,
+            adapt=adapt_config, adapt_progress=adapt_progress(progress, "sequence") if adapt_config else None,
         )
     _print_report(report, as_json, quiet, f"DAVIS-{year} {split}")
     _write_report(report, report_dir, quiet, f"DAVIS-{year} {split}")
@@ -166,12 +179,12 @@ def davis16(
     sequences: Optional[str] = _SEQUENCES, out: Optional[Path] = _OUT, as_json: bool = _JSON,
     workers: Optional[int] = _WORKERS, legacy_uint8_decay: bool = _LEGACY, device: str = _DEVICE,
     precision: str = _PRECISION, size: Optional[int] = _SIZE, quiet: bool = _QUIET,
-    report_dir: Optional[Path] = _REPORT,
+    report_dir: Optional[Path] = _REPORT, adapt: bool = _ADAPT, adapt_steps: Optional[int] = _ADAPT_STEPS,
 ) -> None:
     """DAVIS-2016 (single object): run a model over a split, or score --results, exactly like the
     official toolkit."""
     _davis(2016, davis_root, model, weights, results, split, sequences, out, as_json, workers,
-           legacy_uint8_decay, device, precision, size, quiet, report_dir)
+           legacy_uint8_decay, device, precision, size, quiet, report_dir, adapt, adapt_steps)
 
 
 @eval_app.command("davis17")
@@ -182,12 +195,12 @@ def davis17(
     sequences: Optional[str] = _SEQUENCES, out: Optional[Path] = _OUT, as_json: bool = _JSON,
     workers: Optional[int] = _WORKERS, legacy_uint8_decay: bool = _LEGACY, device: str = _DEVICE,
     precision: str = _PRECISION, size: Optional[int] = _SIZE, quiet: bool = _QUIET,
-    report_dir: Optional[Path] = _REPORT,
+    report_dir: Optional[Path] = _REPORT, adapt: bool = _ADAPT, adapt_steps: Optional[int] = _ADAPT_STEPS,
 ) -> None:
     """DAVIS-2017 (multi-object, semi-supervised): run a model over a split, or score --results,
     exactly like the official toolkit."""
     _davis(2017, davis_root, model, weights, results, split, sequences, out, as_json, workers,
-           legacy_uint8_decay, device, precision, size, quiet, report_dir)
+           legacy_uint8_decay, device, precision, size, quiet, report_dir, adapt, adapt_steps)
 
 
 @eval_app.command("folders")

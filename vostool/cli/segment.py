@@ -9,9 +9,14 @@ from typing import Optional
 import numpy as np
 import typer
 
-from vostool.cli.common import check_device_precision, console, float_option, int_option, make_progress, \
-    parse_floats, warn
+from typing import TYPE_CHECKING
+
+from vostool.cli.common import adapt_progress, check_device_precision, console, float_option, int_option, \
+    make_progress, parse_floats, warn
 from vostool.errors import VostoolError
+
+if TYPE_CHECKING:
+    from vostool.engine.adapt import AdaptConfig
 
 
 def _parse_mask_at(items: list[str]) -> dict[int, Path]:
@@ -37,6 +42,17 @@ def _out_dir(out: Optional[Path], src: Path, stem: str, several: bool) -> Path:
     if out is None:
         return src.parent / f"{stem}_vos"
     return out / stem if several else out
+
+
+def _adapt_config(adapt: bool, steps: Optional[int]) -> Optional["AdaptConfig"]:
+    """``--adapt [--adapt-steps N]`` -> the adaptation's config (None: no adaptation)."""
+    from vostool.engine.adapt import AdaptConfig
+
+    if not adapt:
+        if steps is not None:
+            raise VostoolError("--adapt-steps needs --adapt")
+        return None
+    return AdaptConfig() if steps is None else AdaptConfig(steps=steps)
 
 
 def segment(
@@ -88,6 +104,11 @@ def segment(
                                             "trained with)."),
     theta_c: Optional[float] = float_option(None, "--theta-c", lo=0, hi=1, help="DTN decision threshold on "
                                             "its confidence (lower: faster, more box propagation)."),
+    adapt: bool = typer.Option(False, "--adapt", help="Before propagating, learn each video's objects from "
+                               "the given mask (a light target model on the frozen encoder features; every "
+                               "--mask-at learns its objects again); the weights are never changed."),
+    adapt_steps: Optional[int] = int_option(None, "--adapt-steps", lo=0, hi=100_000, help="Optimisation "
+                                            "steps of --adapt (default 100; 0: no adaptation)."),
     preview: bool = typer.Option(False, "--preview", help="Also write preview.jpg: a contact sheet of 12 "
                                  "overlay frames spread over the video, with their frame numbers."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs in an existing folder."),
@@ -95,6 +116,7 @@ def segment(
 ) -> None:
     """Segment the objects of the first-frame mask through every frame of each input."""
     from vostool.engine import Propagator, load_model, propagate
+    from vostool.engine.adapt import Adaptation
     from vostool.io import AsyncWriter, OutputWriter, check_out_dir, check_output_names, expand_inputs, \
         open_source, output_stem, output_targets, parse_outputs, prepare_out_dir, read_mask
     from vostool.models import recommended_size
@@ -143,6 +165,7 @@ def segment(
         raise VostoolError(f"--alpha-object {alpha_object} is not an object of the mask "
                            f"(ids {', '.join(map(str, sorted(given_ids)))})")
 
+    adaptation_config = _adapt_config(adapt, adapt_steps)
     model = load_model(model_name, weights=weights)
     if not has_first and not model.supports_zero_shot:
         raise VostoolError(f"--mask is required: model '{model_name}' needs a first-frame mask; "
@@ -186,8 +209,9 @@ def segment(
                 extra[idx] = info.ids
             prepare_out_dir(dest, overwrite, targets)
             clear_done(dest)
+            adaptation = Adaptation(adaptation_config) if adaptation_config is not None else None
             prop = Propagator(model, device=device, precision=precision, size=internal,
-                              scales=scale_list, max_objects=max_objects, backend=backend)
+                              scales=scale_list, max_objects=max_objects, backend=backend, adapt=adaptation)
             frames, used = source, [True]
             if starter is not None:
                 frames, first, extra, used = starter.frames(
@@ -198,6 +222,8 @@ def segment(
             n = 0
             t0 = time.perf_counter()
             with make_progress(quiet) as progress:
+                if adaptation is not None:
+                    adaptation.progress = adapt_progress(progress, path.name)
                 task = progress.add_task(path.name, total=source.num_frames, fps=0.0)
                 with AsyncWriter(OutputWriter(dest, wanted, source, alpha_object=alpha_object,
                                               alpha_format=alpha_format, warn=warn,
@@ -213,9 +239,12 @@ def segment(
             missing = sorted(i for i in extra if i >= n)
             if missing:
                 warn(f"--mask-at frame(s) {missing} are past the last frame ({n - 1}) and were not used")
+            if adaptation is not None and adaptation.unsupported:
+                warn(f"--adapt: model '{model_name}' has no image-only features to learn from; not adapted")
             if not quiet:
                 dt = time.perf_counter() - t0
-                console.print(f"{path.name}: {n} frames in {dt:.1f} s ({n / max(dt, 1e-9):.1f} fps) "
+                adapted = f", adapted in {adaptation.total_seconds:.1f} s" if adaptation is not None else ""
+                console.print(f"{path.name}: {n} frames in {dt:.1f} s ({n / max(dt, 1e-9):.1f} fps{adapted}) "
                               f"on {prop.device_name}, {prop.precision} -> {dest}", highlight=False, soft_wrap=True)
     gathered = gather_to_rank0(worker, reports)
     finish_distributed(dist_created)

@@ -54,7 +54,8 @@ if TYPE_CHECKING:  # pragma: no cover
 #: the measured default number of optimisation steps (``--adapt-steps``)
 DEFAULT_STEPS = 100
 
-#: progress callback: (step done, steps in all, current loss)
+#: progress callback: (step done, steps in all, current loss); the steps are the
+#: augmented frames encoded (loss NaN) then the optimisation steps
 ProgressFn = Callable[[int, int, float], None]
 
 
@@ -120,6 +121,8 @@ class Adaptation:
         self.losses: list[float] = []
         self.seconds = 0.0
         self.total_seconds = 0.0
+        #: True when a fit found no image-only features (the model has none): nothing adapted
+        self.unsupported = False
         self._stack: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None  # per row
         self._videos = 0
 
@@ -147,9 +150,17 @@ class Adaptation:
             with torch.no_grad():
                 x, y = self._training_set(prop, image, masks, ids, feats)
             if x is None:
+                self.unsupported = True
                 self.seconds = time.perf_counter() - t0
                 return
-            w, b, losses = _fit_linear(x, y, cfg.steps, cfg.lr, cfg.weight_decay, self.progress)
+            report = None
+            if self.progress is not None:
+                done, total, progress = cfg.augmentations, cfg.augmentations + cfg.steps, self.progress
+
+                def report(step: int, _steps: int, loss: float) -> None:
+                    progress(done + step, total, loss)
+
+            w, b, losses = _fit_linear(x, y, cfg.steps, cfg.lr, cfg.weight_decay, report)
         for j, oid in enumerate(ids):
             self.heads[oid] = (w[j], b[j])
         self._stack = None
@@ -179,6 +190,8 @@ class Adaptation:
                 imgs, idms = still_clip(image, ids_u8, rng, aug, (h, w), 1, motion=0.3, reflect=True)
                 img, idm = _jitter(imgs[0], rng), idms[0]
             _, f = prop._encode(np.ascontiguousarray(img), lane)
+            if self.progress is not None:
+                self.progress(n + 1, cfg.augmentations + cfg.steps, float("nan"))
             a = appearance(f)
             if a is None:
                 return None, torch.empty(0)

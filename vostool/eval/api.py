@@ -7,11 +7,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vostool.errors import VostoolError
 from vostool.eval.datasets import SequenceSpec, davis_sequences, folder_sequences
 from vostool.eval.report import json_payload, write_csvs
+
+if TYPE_CHECKING:
+    from vostool.engine.adapt import AdaptConfig
 from vostool.eval.runner import PropagatorLike, RunStats, build_propagator, run_sequences
 from vostool.eval.scoring import EvalResult, score_results
 
@@ -40,8 +43,9 @@ class EvalReport:
     binary: bool = False
 
     def payload(self) -> dict[str, Any]:
-        """The ``--json`` object (see :func:`vostool.eval.report.json_payload`)."""
-        return json_payload(
+        """The ``--json`` object (see :func:`vostool.eval.report.json_payload`); with
+        ``--adapt`` also ``adapt_seconds`` (all sequences, not in ``fps``)."""
+        out = json_payload(
             self.result,
             benchmark=self.benchmark,
             split=self.split,
@@ -53,6 +57,9 @@ class EvalReport:
             results_dir=self.results_dir,
             csv_files=self.csv_files,
         )
+        if self.run is not None and self.run.adapt_seconds is not None:
+            out["adapt_seconds"] = round(self.run.adapt_seconds, 3)
+        return out
 
 
 def _default_out(benchmark: str, model: str, split: str) -> Path:
@@ -78,6 +85,8 @@ def evaluate_davis(
     legacy_uint8_decay: bool = False,
     run_progress: Callable[[str, int], None] | None = None,
     score_progress: Callable[[str], None] | None = None,
+    adapt: AdaptConfig | None = None,
+    adapt_progress: Callable[[int, int, float], None] | None = None,
 ) -> EvalReport:
     """Score a DAVIS split (year 2016: single object; 2017: multi-object).
 
@@ -104,7 +113,8 @@ def evaluate_davis(
             name = model
 
             def propagator_factory() -> PropagatorLike:
-                return build_propagator(name, weights, device=device, precision=precision, size=size)
+                return build_propagator(name, weights, device=device, precision=precision, size=size,
+                                        adapt=adapt, adapt_progress=adapt_progress)
 
         label = model or "custom"
         out = Path(out_dir) if out_dir is not None else _default_out(benchmark, label, split)

@@ -15,12 +15,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from vostool.errors import VostoolError
+
+if TYPE_CHECKING:
+    from vostool.engine.adapt import AdaptConfig
 from vostool.eval.datasets import VOID_ID, SequenceSpec, frame_key, read_index_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -51,6 +54,8 @@ class RunStats:
     wall_seconds: float
     device: str | None = None
     precision: str | None = None
+    #: ``--adapt``: seconds spent learning the sequences' objects (not in ``model_seconds``)
+    adapt_seconds: float | None = None
 
     @property
     def fps(self) -> float | None:
@@ -64,18 +69,23 @@ def build_propagator(
     device: str = "auto",
     precision: str = "auto",
     size: int | None = None,
+    adapt: AdaptConfig | None = None,
+    adapt_progress: Callable[[int, int, float], None] | None = None,
 ) -> PropagatorLike:
     """Load ``model`` (and ``weights``) into the engine's Propagator.
 
     size: internal size of the shorter side; None takes the checkpoint's training size.
+    adapt: ``--adapt``: each sequence learns its objects from its first mask (None: not).
     """
     from vostool.engine import Propagator, load_model  # torch is only imported when needed
+    from vostool.engine.adapt import Adaptation
     from vostool.models import recommended_size
 
     net = load_model(model, weights=weights)
     if size is None:
         size = recommended_size(net)
-    return Propagator(net, device=device, precision=precision, size=size)
+    adaptation = Adaptation(adapt, adapt_progress) if adapt is not None else None
+    return Propagator(net, device=device, precision=precision, size=size, adapt=adaptation)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -171,9 +181,12 @@ def run_sequences(
                 progress(spec.name, len(paths))
         while pending:
             pending.popleft().result()
+    adaptation = getattr(propagator, "adaptation", None)
+    adapt_seconds = adaptation.total_seconds if adaptation is not None else None
     return RunStats(
         frames=frames_done,
-        model_seconds=model_seconds,
+        model_seconds=model_seconds - (adapt_seconds or 0.0),
+        adapt_seconds=adapt_seconds,
         wall_seconds=time.perf_counter() - wall_start,
         device=getattr(propagator, "device_name", None),
         precision=getattr(propagator, "precision", None),
