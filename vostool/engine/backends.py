@@ -124,6 +124,7 @@ class OrtBackbone(nn.Module):
             self._sessions[threads] = sess
         return sess
 
+    @torch.compiler.disable  # ONNX Runtime is opaque to torch.compile (bench --compile): run it as is
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
             memory_format=torch.channels_last)
