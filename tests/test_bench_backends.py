@@ -137,3 +137,24 @@ def test_onnxruntime_thread_counts_and_channels_last():
 def test_unknown_backend_is_one_line_error():
     with pytest.raises(VostoolError, match="unknown backend"):
         Propagator(build_model("crvos"), device="cpu", backend="nope")
+
+
+def test_segment_backend_errors_before_any_output(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from test_io_helpers import make_video
+    from vostool.cli.app import app
+    from vostool.io.masks import save_index_png
+
+    video = make_video(tmp_path / "clip.mp4", n=3)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:20, 10:20] = 1
+    save_index_png(tmp_path / "first.png", mask)
+    monkeypatch.setattr(backends, "onnxruntime_version", lambda: None)  # as where it is not installed
+    for extra, words in ((["--backend", "nope"], "unknown backend"),
+                         (["--backend", "onnxruntime", "--device", "cpu"], "vostool[onnx]")):
+        out = tmp_path / "out"
+        r = CliRunner().invoke(app, ["segment", str(video), "--mask", str(tmp_path / "first.png"), "--out", str(out),
+                                     *extra])
+        assert r.exit_code != 0 and words in r.output and "Traceback" not in r.output
+        assert not out.exists()
