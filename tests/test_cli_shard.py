@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from test_io_helpers import make_video
 from vostool.cli.app import app
-from vostool.engine.shard import Worker, current_worker, parse_shard
+from vostool.engine.shard import Worker, current_worker, parse_shard, worker_device
 from vostool.errors import VostoolError
 from vostool.io.completion import DONE_NAME
 from vostool.io.masks import save_index_png
@@ -96,6 +96,17 @@ def test_worker_split_and_parse(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     w = current_worker("1/3")  # job 1 of 3, rank 1 of 2: worker 3 of 6
     assert (w.index, w.count, w.distributed, w.is_main) == (3, 6, True, False)
+
+
+def test_each_rank_its_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    rank3 = Worker(3, 4, rank=3, world_size=4, local_rank=3)
+    assert worker_device("auto", rank3) == "cuda:1" and worker_device("cuda", rank3) == "cuda:1"
+    assert worker_device("cpu", rank3) == "cpu"
+    assert worker_device("auto", Worker()) == "auto"  # one process: the usual choice
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert worker_device("auto", rank3) == "auto"
 
 
 def test_two_gloo_processes_each_video_once_same_outputs(data, single, tmp_path):
