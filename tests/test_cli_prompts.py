@@ -104,3 +104,14 @@ def test_bad_prompts_are_one_line_errors_before_any_output(data, tmp_path, args,
     assert r.exit_code != 0
     assert words in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not out.exists()
+
+
+def test_box_beside_mask_on_frame_zero(data, tmp_path):
+    root, frames, weights = data
+    out = tmp_path / "out"
+    r = run("segment", frames, "--mask", root / "square.png", "--box", "8,14,40,46:2", "--weights", weights,
+            "--out", out, "--outputs", "masks", "--device", "cpu", "--size", "32", "--quiet")
+    assert r.exit_code == 0, r.output
+    first = read(out / "masks" / "00000.png")
+    assert set(np.unique(first)) == {0, 2, 5}
+    assert (first[8:24, 56:72] == 5).all()  # the mask's object is kept exactly
