@@ -61,7 +61,7 @@ def bench(
                                         "torch's)."),
     backend: str = typer.Option("auto", "--backend", help="What runs the frame encoders: auto|torch|onnxruntime "
                                 "(auto: onnxruntime for fp32 on CPUs without native bf16 when installed, "
-                                "`pip install 'vostool[onnx]'`; torch elsewhere)."),
+                                "`pip install onnxruntime onnx`; torch elsewhere)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per model per line on stdout, "
                                  "nothing else."),
 ) -> None:

@@ -84,7 +84,7 @@ def segment(
                                   "bf16 on CPUs with native bf16, else fp32)."),
     backend: str = typer.Option("auto", "--backend", help="What runs the frame encoder: auto|torch|onnxruntime "
                                 "(auto: onnxruntime for fp32 on CPUs without native bf16 when installed, "
-                                "`pip install 'vostool[onnx]'`; torch elsewhere)."),
+                                "`pip install onnxruntime onnx`; torch elsewhere)."),
     size: Optional[int] = int_option(None, "--size", lo=SIZE_MIN, hi=SIZE_MAX,
                                      help="Internal size of the shorter side (default: the checkpoint's "
                                      "training size). Outputs are always at the source resolution."),

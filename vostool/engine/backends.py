@@ -23,7 +23,8 @@ import torch.nn as nn
 from vostool.errors import VostoolError
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-ONNX_HINT = "pip install 'vostool[onnx]'"
+# no square brackets: the CLI prints messages through rich, whose markup would eat "[onnx]"
+ONNX_HINT = "pip install onnxruntime onnx, the vostool onnx extra"
 
 
 def onnxruntime_version() -> str | None:
