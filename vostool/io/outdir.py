@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from vostool.errors import VostoolError
+from vostool.interrupts import deferred_signals
 
 MANIFEST_NAME = ".vostool-manifest.jsonl"
 PNG_TARGETS: dict[str, str] = {"masks": "masks", "objects": "objects", "probs": "probs", "alpha": "alpha",
@@ -242,6 +243,11 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, targets: Iterable[str] | Non
     """
     out_dir = Path(out_dir)
     plan = _plan(out_dir, targets, overwrite)
+    with deferred_signals():  # the removals and the manifest that lists them change together
+        _clear(out_dir, plan)
+
+
+def _clear(out_dir: Path, plan: _Plan | None) -> None:
     try:
         if plan is not None and (plan.results or plan.leftovers):
             manifest = plan.manifest
