@@ -179,3 +179,15 @@ def test_cli_segment_adapt_zero_steps_matches_plain(cli_data, tmp_path):
         rel = png.relative_to(tmp_path / "plain")
         assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(tmp_path / "zero" / rel))), rel
         assert (tmp_path / "adapt" / rel).is_file()
+
+
+def test_bench_reports_adaptation_apart_from_fps():
+    from vostool.bench import benchmark
+
+    r = benchmark("crvos", random_weights=True, device="cpu", precision="fp32", size=32, frames=2, warmup=1,
+                  end_to_end=False, adapt=AdaptConfig(steps=3, augmentations=2))
+    assert r.adapt_steps == 3 and r.adapt_s is not None and r.adapt_s > 0
+    assert r.to_dict()["adapt_s"] == r.adapt_s
+    plain = benchmark("crvos", random_weights=True, device="cpu", precision="fp32", size=32, frames=2, warmup=1,
+                      end_to_end=False)
+    assert plain.adapt_s is None and plain.adapt_steps is None

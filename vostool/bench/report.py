@@ -98,6 +98,10 @@ def conditions_lines(results: Sequence[BenchResult], baseline: BaselineResult | 
         lines.append(f"{baseline.name} fp32 NCHW at {baseline.input_hw[0]}x{baseline.input_hw[1]}: "
                      f"{baseline.ms_median:.1f} ms median ({baseline.fps:.2f} FPS)")
     for r in results:
+        if r.adapt_s is not None:
+            lines.append(f"--adapt ({r.model}): {r.adapt_s:.1f} s to learn the first frame's objects "
+                         f"({r.adapt_steps} steps), once per video, not in the fps")
+    for r in results:
         for note in r.notes:
             lines.append(f"note ({r.model}): {note}")
     return lines

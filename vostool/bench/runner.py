@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ import torch
 from vostool.bench import memory
 from vostool.bench.synthetic import SyntheticClip, clip_size, write_video
 from vostool.errors import VostoolError
+
+if TYPE_CHECKING:
+    from vostool.engine.adapt import AdaptConfig
 
 
 @dataclass
@@ -96,6 +99,8 @@ class BenchResult:
     backend: str = "torch"                  # what ran the backbones: torch | onnxruntime
     inference_path: str = ""                # which path ran and why, in words
     cpu_isa: str | None = None              # CPU vector ISA in use (caps honoured); None off the CPU
+    adapt_s: float | None = None            # --adapt: seconds to learn the first frame's objects (not in fps)
+    adapt_steps: int | None = None          # --adapt: optimisation steps
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -355,6 +360,7 @@ def benchmark(
     input: str | Path | None = None, long: int | None = None, channels_last: bool = True,
     end_to_end: bool = True, baseline: bool = False, baseline_frames: int = 10,
     threads: int | None = None, progress: Callable[[str], None] | None = None, backend: str = "auto",
+    adapt: AdaptConfig | None = None,
 ) -> BenchResult:
     """Benchmark one registered model. See the module docstring for what is timed.
 
@@ -367,8 +373,11 @@ def benchmark(
     threads: CPU intra-op threads; None: the engine's adaptive choice (ThreadGovernor).
     backend: what runs the backbones, ``auto|torch|onnxruntime`` (see
         :func:`vostool.engine.backends.resolve_backend`).
+    adapt: ``--adapt``: the first frame's objects are learnt (once untimed as warm-up, then
+        once timed: ``adapt_s``), and the timed frames include the target model's correction.
     """
     from vostool.engine import Propagator, propagate
+    from vostool.engine.adapt import Adaptation
     from vostool.engine.device import device_name, resolve_device
 
     if frames < 1:
@@ -408,7 +417,7 @@ def benchmark(
     model, weights_label, notes = make_model(model_name, backbone, random_weights, weights)
     bb = str(model.config.get("backbone", backbone or "?"))
     prop = Propagator(model, device=dev, precision=precision, size=size, channels_last=channels_last,
-                      threads=threads, backend=backend)
+                      threads=threads, backend=backend, adapt=Adaptation(adapt) if adapt is not None else None)
 
     timer = _Timer(dev)
     trunk: _ResNetTrunk | None = None
@@ -458,6 +467,16 @@ def benchmark(
             trunk = _ResNetTrunk(size or min(src_hw), dev)
             trunk.warm()
 
+        # -- --adapt: learning the first frame's objects, timed once warm ------------------
+        adapt_s = None
+        if prop.adaptation is not None:
+            say(f"{model_name}: timing the adaptation")
+            prop.start(clip_frames[0], first_mask)
+            _sync(dev)
+            adapt_s = prop.adaptation.seconds
+            for i in range(warmup):  # back to where the warm-up left the video
+                prop.step(clip_frames[1 + i])
+
         # -- model alone -----------------------------------------------------------------
         say(f"{model_name}: timing {frames} frames")
         if hasattr(model, "reset_stream_counts"):
@@ -497,6 +516,8 @@ def benchmark(
             say(f"{model_name}: end to end")
             memory.reset_peak(dev)
             n_e2e, wall = _end_to_end(prop, propagate, clip_frames[: 1 + frames], first_mask, input_path)
+            if prop.adaptation is not None:
+                wall -= prop.adaptation.seconds  # reported as adapt_s, not in the fps
             fps_e2e = n_e2e / wall
             ms_e2e = wall * 1000 / n_e2e
             peak_e2e = memory.peak_mb(dev)
@@ -535,6 +556,7 @@ def benchmark(
         propagation_share=share, baseline_ms=base_ms, baseline_threads=best[2] if best else None,
         baseline_ratio=(ms_med / base_ms) if base_ms else None, compile_s=compile_s, notes=notes,
         backend=prop.backend, inference_path=prop.inference_path, cpu_isa=isa,
+        adapt_s=adapt_s, adapt_steps=adapt.steps if adapt is not None else None,
     )
 
 

@@ -64,6 +64,10 @@ def bench(
                                 "`pip install onnxruntime onnx`; torch elsewhere)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per model per line on stdout, "
                                  "nothing else."),
+    adapt: bool = typer.Option(False, "--adapt", help="Also time --adapt: learning the first frame's objects "
+                               "(reported as adapt_s, apart from the fps, which then include its correction)."),
+    adapt_steps: Optional[int] = int_option(None, "--adapt-steps", lo=0, hi=100_000, help="Optimisation "
+                                            "steps of --adapt (default 100)."),
 ) -> None:
     """Time models the way the papers do (all objects of a frame count as one frame) and
     state the conditions: device, torch, precision, memory format, compile, size, threads."""
@@ -80,6 +84,9 @@ def bench(
     if all_models and weights is not None:
         raise VostoolError("--weights applies to one --model, not --all")
     check_device_precision(device, precision)  # one line for every model, before any is built
+    from vostool.cli.segment import _adapt_config
+
+    adapt_config = _adapt_config(adapt, adapt_steps)
 
     results = []
     status = None if as_json else err_console.status("benchmarking...")
@@ -97,6 +104,7 @@ def bench(
                     precision=precision, size=size, objects=objects, frames=frames, warmup=warmup,
                     compile=compile_, input=input_, long=long, channels_last=channels_last,
                     end_to_end=not no_e2e, baseline=baseline, threads=threads, progress=say, backend=backend,
+                    adapt=adapt_config,
                 )
             except VostoolError as exc:
                 if not all_models:

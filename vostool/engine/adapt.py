@@ -144,15 +144,28 @@ class Adaptation:
         cfg = self.config
         if cfg.steps == 0 or not ids:
             return
+        gov = prop.governor  # the thread count the engine's frames run with (a shared CPU)
+        caller = torch.get_num_threads()
+        if gov is not None and gov.threads != caller:
+            torch.set_num_threads(gov.threads)
+        try:
+            self._fit(prop, image, masks, ids)
+        finally:
+            if torch.get_num_threads() != caller:
+                torch.set_num_threads(caller)
+
+    def _fit(self, prop: Propagator, image: np.ndarray, masks: np.ndarray, ids: list[int]) -> None:
+        cfg = self.config
         t0 = time.perf_counter()
         feats = prop.model.appearance_features  # declared on VOSModel; None: not image-only
+        with torch.no_grad():  # encoded as the engine encodes (in inference mode: far faster)
+            x, y = self._training_set(prop, image, masks, ids, feats)
+        if x is None:
+            self.unsupported = True
+            self.seconds = time.perf_counter() - t0
+            return
         with torch.inference_mode(False):  # the engine runs in inference mode; this learns
-            with torch.no_grad():
-                x, y = self._training_set(prop, image, masks, ids, feats)
-            if x is None:
-                self.unsupported = True
-                self.seconds = time.perf_counter() - t0
-                return
+            x, y = x.clone(), y.clone()  # normal tensors, usable by autograd
             report = None
             if self.progress is not None:
                 done, total, progress = cfg.augmentations, cfg.augmentations + cfg.steps, self.progress
