@@ -48,8 +48,12 @@ for what the poster only draws):
   then the trainer ran one object per sample, so the spatial input (object i reads
   object i-1's hidden and cell state, zero for the first object) was always zero in
   training and the gate weights that read it stayed at their random initialisation
-  while inference chained every object. :meth:`RVOS.forward_clip` (one object per
-  sample) is kept; :meth:`RVOS.forward_clip_zero_shot` and
+  while inference chained every object. The shipped weights are still those
+  one-object ones: a 200-iteration re-fit of their one-shot decoder on two-object
+  samples (``references/README.md``) scored J&F 0.444 against their 0.299 on the
+  two-object dev pairs (``vostool eval davis17 --davis-root data/dev2 --split dev2
+  --model rvos``) but 0.445 against 0.609 on the single-object dev split, so it was not
+  shipped. :meth:`RVOS.forward_clip` (one object per sample) is kept; :meth:`RVOS.forward_clip_zero_shot` and
   :meth:`RVOS.loss_zero_shot` for zero-shot. Loss: soft IoU (the authors' objective).
   Zero-shot predictions are matched to the ground-truth instances with the Hungarian
   algorithm on the soft-IoU cost, one matching per clip. **Matches**, with the
