@@ -43,7 +43,7 @@ def friendly_errors(fn: F) -> F:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except VostoolError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: exit 130, 143, 129
             try:
@@ -58,7 +58,7 @@ def friendly_errors(fn: F) -> F:
             if os.environ.get("VOSTOOL_DEBUG"):
                 raise
             msg = " ".join(str(exc).split()) or type(exc).__name__
-            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {msg} "
+            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(msg)} "
                               "(set VOSTOOL_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
@@ -72,7 +72,7 @@ def friendly_errors(fn: F) -> F:
 
 def warn(message: str) -> None:
     """A warning on stderr, one line."""
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def check_device_precision(device: str, precision: str) -> None:
