@@ -110,13 +110,16 @@ def random_path(
 
 def still_clip(
     image: np.ndarray, ids: np.ndarray, rng: np.random.Generator, aug: Augment, out_size: tuple[int, int],
-    length: int, motion: float = 1.0, reflect: bool = False,
+    length: int, motion: float = 1.0, reflect: bool = False, on_objects: bool = True,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """RGMP's strategy 1: one still image moved along a :func:`random_path` centred on its
-    objects. image ``H x W x 3`` uint8, ids ``H x W`` uint8 object ids (0 background, all
-    kept). Returns ``length`` frames ``h x w x 3`` and id masks ``h x w`` at ``out_size``."""
+    objects (``on_objects``; else on the image centre, the scene kept in place). image
+    ``H x W x 3`` uint8, ids ``H x W`` uint8 object ids (0 background, all kept). Returns
+    ``length`` frames ``h x w x 3`` and id masks ``h x w`` at ``out_size``."""
     ys, xs = np.nonzero(ids)
-    center = (float(xs.mean()), float(ys.mean())) if len(ys) else (image.shape[1] / 2, image.shape[0] / 2)
+    center = (image.shape[1] / 2, image.shape[0] / 2)
+    if on_objects and len(ys):
+        center = (float(xs.mean()), float(ys.mean()))
     h, w = out_size
     base = max(h / image.shape[0], w / image.shape[1])
     mats = random_path(rng, aug, out_size, center, base, motion, length)

@@ -11,17 +11,17 @@ second. vostool does the same for every model whose per-frame features are image
 (:meth:`VOSModel.appearance_features`):
 
 1. the given frame and its id mask (all objects) are moved by ``augmentations - 1``
-   random transforms (:func:`vostool.data.synth.still_clip`, RGMP's strategy 1: zoom,
-   rotation, shift, flip, colour) and encoded once each, frozen, at the engine's
+   random transforms (:func:`vostool.data.synth.still_clip`, RGMP's strategy 1 centred
+   on the objects: zoom, rotation, shear, shift, flip, brightness/contrast) and encoded once each, frozen, at the engine's
    inference size (the engine's own inference copies, precision and channels_last);
 2. one linear classifier per object (1 x 1 convolution over the standardised features,
    ``K`` outputs) is fitted for ``steps`` Adam steps with a binary cross-entropy loss
    against the masks area-pooled to the feature grid;
 3. at every frame its score ``s`` (a logit at 1/16, bilinearly upsampled) corrects the
    model's logits where it is confident that a pixel is *not* the object:
-   ``fg - bg += min(0, s + margin)``. The propagated mask's own boundary is left to
-   the model (a coarse score added everywhere blurs it and lost 0.026 J&F on the dev
-   split); only confident look-alikes are pushed back.
+   ``fg - bg += min(0, s + margin)`` (margin 1). The propagated mask's own boundary is
+   left to the model (a coarse score added everywhere blurs it and lost 0.026 J&F on the
+   dev split); only confident look-alikes are pushed back.
 
 The model's weights are never changed (the classifier is held here, per object id), so
 a folder of videos adapts each video from the shipped weights, and without ``--adapt``
@@ -71,15 +71,20 @@ class AdaptConfig:
         classifier calls background with more than ``margin`` confidence are pushed back.
     strength: multiplies the correction.
     seed: the augmentations' random seed (a video adapts the same way every time).
+    motion: shift of the augmentations (fraction of +-25% of the frame).
+    on_objects: centre the augmented views on the objects (else the scene stays in place,
+        zoomed, rotated and shifted around the frame centre).
     """
 
     steps: int = DEFAULT_STEPS
     augmentations: int = 8
     lr: float = 0.01
     weight_decay: float = 1e-3
-    margin: float = 2.0
+    margin: float = 1.0
     strength: float = 1.0
     seed: int = 0
+    motion: float = 0.3
+    on_objects: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -200,7 +205,8 @@ class Adaptation:
             if n == 0:
                 img, idm = image, ids_u8
             else:
-                imgs, idms = still_clip(image, ids_u8, rng, aug, (h, w), 1, motion=0.3, reflect=True)
+                imgs, idms = still_clip(image, ids_u8, rng, aug, (h, w), 1, motion=cfg.motion, reflect=True,
+                                        on_objects=cfg.on_objects)
                 img, idm = _jitter(imgs[0], rng), idms[0]
             _, f = prop._encode(np.ascontiguousarray(img), lane)
             if self.progress is not None:
