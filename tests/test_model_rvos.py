@@ -170,7 +170,7 @@ def test_update_recomputes_hidden_without_predict() -> None:
         state = model.init_state(x.expand(2, -1, -1, -1), feats, masks)
         fresh = dict(state)
         model.predict(x.expand(2, -1, -1, -1), feats, state)
-        assert "next_h0" in state
+        assert set(state) == set(fresh) and all(state[k] is fresh[k] for k in state)  # not mutated
         probs = torch.rand(2, 1, 32, 32)
         a = model.update(x.expand(2, -1, -1, -1), feats, state, probs)
         b = model.update(x.expand(2, -1, -1, -1), feats, fresh, probs)

@@ -47,6 +47,7 @@ from vostool.errors import VostoolError
 
 if TYPE_CHECKING:
     from vostool.engine.adapt import AdaptConfig
+    from vostool.models.base import VOSModel
 
 
 @dataclass
@@ -247,7 +248,7 @@ def baseline_resnet50(
 
 def make_model(
     name: str, backbone: str | None = None, random_weights: bool = False, weights: str | Path | None = None,
-) -> tuple[Any, str, list[str]]:
+) -> tuple[VOSModel, str, list[str]]:
     """Build ``name`` for benchmarking: (model, weights label, notes).
 
     Without ``weights`` the shipped checkpoint is used when it exists and fits the asked
@@ -339,17 +340,6 @@ def _load_frames(path: Path, n: int) -> tuple[list[np.ndarray], float | None]:
 def _objects_mask(shape: tuple[int, int], objects: int) -> np.ndarray:
     """A first mask of ``objects`` ellipses for a real video (ids 1..K)."""
     return SyntheticClip(shape[0], shape[1], objects).first_mask()
-
-
-def _share(model: Any) -> float | None:
-    counts = getattr(model, "stream_counts", None)
-    if not isinstance(counts, dict):
-        return None
-    share = getattr(model, "propagation_share", None)
-    if callable(share):
-        return share()
-    n = sum(counts.values())
-    return counts.get("propagation", 0) / n if n else None
 
 
 # -- the benchmark ----------------------------------------------------------------------
@@ -479,10 +469,7 @@ def benchmark(
 
         # -- model alone -----------------------------------------------------------------
         say(f"{model_name}: timing {frames} frames")
-        if hasattr(model, "reset_stream_counts"):
-            model.reset_stream_counts()
-        elif isinstance(getattr(model, "stream_counts", None), dict):
-            model.stream_counts = {k: 0 for k in model.stream_counts}
+        model.reset_stream_counts()
         times: list[float] = []
         gov = prop.governor
         used0 = dict(gov.used) if gov is not None else {}
@@ -492,7 +479,7 @@ def benchmark(
                 prop.step(img)
             if trunk is not None and (i % base_every == 0) and trunk.samples < baseline_frames:
                 trunk.sample(timer)
-        share = _share(model)
+        share = model.propagation_share()
         if gov is not None:
             used = {str(n): gov.used[n] - used0.get(n, 0) for n in gov.options}
             used = {k: v for k, v in used.items() if v}

@@ -560,7 +560,7 @@ class Propagator:
             with autocast(self.device, self.precision):
                 parts: State = {}
                 if keep and lane.state is not None:
-                    old = VOSModel.select_state(lane.state, keep)
+                    old = self.model.keep_objects(lane.state, keep)
                     k = len(keep)
                     parts = self.model.update(
                         self._expand_img(lane.image, k), self.model.expand_features(lane.feats, k),
@@ -760,8 +760,7 @@ class Propagator:
         for lane in self._lanes:
             lane.image, lane.feats = self._encode(image, lane)
             with autocast(self.device, self.precision):
-                lane.state = self.model.init_state_zero_shot(  # type: ignore[attr-defined]
-                    lane.image, lane.feats, k)
+                lane.state = self.model.init_state_zero_shot(lane.image, lane.feats, k)
         self.object_ids = list(range(1, k + 1))
         return self.step(image)
 

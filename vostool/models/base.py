@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vostool.errors import VostoolError
+
 Features = dict[str, torch.Tensor]
 State = dict[str, torch.Tensor]
 
@@ -68,8 +70,14 @@ class VOSModel(nn.Module):
         probabilities in [0, 1]. Returns a state whose tensors all have K first."""
         raise NotImplementedError
 
+    def init_state_zero_shot(self, image: torch.Tensor, feats: Features, k: int) -> State:
+        """Start ``k`` empty object slots without masks (models with ``supports_zero_shot``).
+        image: ``1 x 3 x H x W``; feats: batch 1 (or k). Default: an error."""
+        raise VostoolError(f"model '{self.name}' needs a first-frame mask; it cannot segment without one")
+
     def predict(self, image: torch.Tensor, feats: Features, state: State) -> torch.Tensor:
-        """Segment the current frame. Returns ``K x 2 x H x W`` logits (background, object)."""
+        """Segment the current frame. Returns ``K x 2 x H x W`` logits (background, object).
+        ``state`` is read, never changed: :meth:`update` makes the next state."""
         raise NotImplementedError
 
     def update(
@@ -95,6 +103,22 @@ class VOSModel(nn.Module):
         """Keep the objects at ``index`` (in that order)."""
         idx = torch.as_tensor(index, dtype=torch.long)
         return {n: t.index_select(0, idx.to(t.device)) for n, t in state.items()}
+
+    def keep_objects(self, state: State, index: torch.Tensor | list[int]) -> State:
+        """Keep the objects at ``index`` of a state that :meth:`predict` has just run on,
+        before :meth:`update` (the engine's path when objects are corrected at a frame).
+        Default: :meth:`select_state`; models that carry work from ``predict`` to ``update``
+        select it too."""
+        return self.select_state(state, index)
+
+    # -- runtime statistics (bench) -------------------------------------------------------
+    def reset_stream_counts(self) -> None:
+        """Zero the model's per-frame stream statistics. Default: the model keeps none."""
+
+    def propagation_share(self) -> float | None:
+        """Share of frames since :meth:`reset_stream_counts` that took the model's
+        propagation stream (DTN: box propagation), or None (no streams, or no frame)."""
+        return None
 
     def forward_clip(self, frames: torch.Tensor, first_mask: torch.Tensor) -> torch.Tensor:
         """Propagate through a clip with back-propagation through time.

@@ -70,9 +70,11 @@ Deviations and choices where the paper is silent:
 - Objects added at a later frame (``add_objects``) start their own spatial chain in
   ``init_state`` (only the objects given together see each other there); afterwards all
   objects form one chain in the engine's order.
-- The new temporal hidden states are computed by ``predict``; it leaves them in the state
-  dict it was given (keys ``next_h*``) and ``update`` commits them, so the decoder runs
-  once per frame. If ``update`` finds none it recomputes them.
+- The new temporal hidden states are computed by ``predict``; it keeps them on the model
+  (not in the state it was given, which it leaves unchanged), keyed by that state, and
+  ``update`` on the same state commits them, so the decoder runs once per frame
+  (``keep_objects`` selects them with the objects kept). If ``update`` finds none it
+  recomputes them.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ from vostool.models.registry import register_model
 
 _LEVELS = ("s16", "s8", "s4")
 _SMOOTH = 1.0
+_PENDING = 8  # predictions awaiting their update (one per engine lane)
 
 
 class RecurrentDecoder(nn.Module):
@@ -213,6 +216,8 @@ class RVOS(VOSModel):
         })
         self.decoder = RecurrentDecoder(skip_w, self.hidden_widths, with_mask=True)
         self.decoder_zero = RecurrentDecoder(skip_w, self.hidden_widths, with_mask=False) if zero_shot else None
+        #: (state, new temporal states) from ``predict`` awaiting ``update`` (not module state)
+        self._pending: list[tuple[State, list[torch.Tensor]]] = []
 
     # -- the four steps -------------------------------------------------------------
     def encode(self, image: torch.Tensor) -> Features:
@@ -242,22 +247,44 @@ class RVOS(VOSModel):
 
     def predict(self, image: torch.Tensor, feats: Features, state: State) -> torch.Tensor:
         z, hs = self._decode(feats, state, tuple(image.shape[-2:]))
-        for i, h in enumerate(hs):  # committed by update(); see the module docstring
-            state[f"next_h{i}"] = h
+        self._remember(state, hs)  # committed by update(); see the module docstring
         return torch.cat([torch.zeros_like(z), z], 1)
 
     def update(self, image: torch.Tensor, feats: Features, state: State, probs: torch.Tensor) -> State:
         k = probs.shape[0]
-        n = len(self.hidden_widths)
-        hs = [state.get(f"next_h{i}") for i in range(n)]
-        if any(h is None or h.shape[0] != k for h in hs):
+        hs = self._take(state)
+        if hs is None or any(h.shape[0] != k for h in hs):
             _, hs = self._decode(feats, state, tuple(probs.shape[-2:]))
         new = {"prev_mask": probs}
         new.update({f"h{i}": h for i, h in enumerate(hs)})
         new["zero_shot"] = state["zero_shot"]
         return new
 
+    def keep_objects(self, state: State, index: torch.Tensor | list[int]) -> State:
+        """:meth:`VOSModel.select_state`, and the temporal states ``predict`` computed for
+        ``state`` selected alike (they came from the whole chain of the frame)."""
+        kept = self.select_state(state, index)
+        hs = self._take(state)
+        if hs is not None:
+            idx = torch.as_tensor(index, dtype=torch.long)
+            self._remember(kept, [h.index_select(0, idx.to(h.device)) for h in hs])
+        return kept
+
     # -- pieces -------------------------------------------------------------------------
+    def _remember(self, state: State, hs: list[torch.Tensor]) -> None:
+        """Keep ``predict``'s new temporal states for the ``update`` of ``state`` (one entry per
+        state object: the engine's lanes predict one after the other, then update)."""
+        pending = [(s, h) for s, h in self._pending if s is not state][-(_PENDING - 1):]
+        self._pending = [*pending, (state, hs)]
+
+    def _take(self, state: State) -> list[torch.Tensor] | None:
+        """The temporal states ``predict`` computed for this very ``state`` (removed), or None."""
+        for j, (s, hs) in enumerate(self._pending):
+            if s is state:
+                del self._pending[j]
+                return hs
+        return None
+
     @staticmethod
     def _frame_skips(feats: Features) -> list[torch.Tensor]:
         """The frame's features as batch 1 (the engine expands one frame to K rows)."""
