@@ -157,6 +157,13 @@ class VOSModel(nn.Module):
             return s16
         return torch.cat([s16, F.avg_pool2d(s8, 2).to(s16.dtype)], dim=1)
 
+    def training_loss_zero_shot(self, frames: torch.Tensor, masks: torch.Tensor,
+                                slots: int | None = None) -> torch.Tensor:
+        """Zero-shot training loss (models with ``supports_zero_shot``): ``slots`` empty slots
+        (default :attr:`zero_shot_slots`) matched to the instances of ``masks``.
+        frames: ``B x T x 3 x H x W`` normalised; masks: ``B x T x H x W`` long ids. Default: an error."""
+        raise VostoolError(f"model '{self.name}' has no zero-shot mode")
+
     def training_loss(self, frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """The model's own training loss over clips (what ``vostool train`` and ``--adapt``
         minimise). frames: ``B x T x 3 x H x W`` normalised; masks: ``B x T x H x W`` long in

@@ -38,8 +38,6 @@ Choices where the paper is silent (or deviations):
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -66,7 +64,7 @@ class CRVOS(VOSModel):
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False,
-        channels: tuple[int, int, int] | list[int] = (128, 64, 32), **_: Any,
+        channels: tuple[int, int, int] | list[int] = (128, 64, 32),
     ) -> None:
         super().__init__(backbone, channels=list(channels))
         self.encoder = build_backbone(backbone, pretrained=pretrained)

@@ -98,7 +98,6 @@ statistics for ``bench``: ``model.stream_counts`` = ``{"propagation": n,
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -317,7 +316,6 @@ class DTN(VOSModel):
         self, backbone: str = "mobilenet_v2", pretrained: bool = False, roi_size: int = 112,
         mrn_channels: tuple[int, ...] | list[int] = (128, 64, 64, 32), rpn_channels: int = 256,
         dm_hidden: int = 256, box_margin: float = 0.1, theta_c: float = 0.83, flow: str = "dis",
-        **_: Any,
     ) -> None:
         roi_size = int(roi_size)
         if roi_size % 8 or roi_size < 8:

@@ -242,7 +242,7 @@ class GAM(VOSModel):
         self, backbone: str = "mobilenet_v2", pretrained: bool = False, key_dim: int = 64,
         value_dim: int = 128, embed_dim: int = 32,
         decoder_channels: tuple[int, int, int] | list[int] = (128, 64, 32),
-        mask_backbone: str = "small", **_: Any,
+        mask_backbone: str = "small",
     ) -> None:
         decoder_channels = [int(c) for c in decoder_channels]
         if len(decoder_channels) != 3 or min(decoder_channels) <= 0:

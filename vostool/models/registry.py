@@ -8,6 +8,7 @@ load strictly: a missing or unexpected key is an error that names the key.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ def register_model(
     """Class decorator: register a model under ``name``."""
 
     def wrap(cls: type[VOSModel]) -> type[VOSModel]:
+        if name in _MODELS:
+            raise VostoolError(f"model name '{name}' is registered twice ({_MODELS[name].cls.__qualname__} "
+                               f"and {cls.__qualname__})")
         cls.name = name
         _MODELS[name] = ModelSpec(name, cls, title, paper, published, default_backbone)
         return cls
@@ -70,12 +74,26 @@ def get_spec(name: str) -> ModelSpec:
 def build_model(
     name: str, backbone: str | None = None, pretrained: bool = False, **config: Any
 ) -> VOSModel:
-    """Build a registered model. ``pretrained`` loads ImageNet weights into the backbone."""
+    """Build a registered model. ``pretrained`` loads ImageNet weights into the backbone;
+    ``config`` holds the options of the model's constructor (an unknown one is an error)."""
     spec = get_spec(name)
     backbone = backbone or spec.default_backbone
     if backbone not in list_backbones():
         raise VostoolError(f"unknown backbone '{backbone}'; choose one of: {', '.join(list_backbones())}")
+    options = model_options(spec)
+    unknown = sorted(set(config) - set(options))
+    if unknown:
+        raise VostoolError(f"model '{name}' has no option {', '.join(repr(k) for k in unknown)}; "
+                           f"its options: {', '.join(options) or 'none'}")
     return spec.cls(backbone=backbone, pretrained=pretrained, **config)
+
+
+def model_options(spec: ModelSpec) -> list[str]:
+    """The configuration keys the constructor of ``spec``'s model takes (``backbone`` and
+    ``pretrained`` aside), in signature order."""
+    params = inspect.signature(spec.cls.__init__).parameters.values()
+    return [p.name for p in params if p.name not in ("self", "backbone", "pretrained")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 # -- checkpoints ----------------------------------------------------------------------

@@ -77,8 +77,6 @@ Choices where the paper is silent (or deviations):
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -146,7 +144,7 @@ class RGMP(VOSModel):
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False,
-        channels: tuple[int, int, int] | list[int] = (256, 128, 64), gc_kernel: int = 7, **_: Any,
+        channels: tuple[int, int, int] | list[int] = (256, 128, 64), gc_kernel: int = 7,
     ) -> None:
         channels = [int(c) for c in channels]
         if len(channels) != 3 or min(channels) <= 0:

@@ -80,7 +80,6 @@ Deviations and choices where the paper is silent:
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import numpy as np
 import torch
@@ -196,7 +195,7 @@ class RVOS(VOSModel):
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False, hidden: int = 128,
-        zero_shot: bool = True, slots: int = 3, **_: Any,
+        zero_shot: bool = True, slots: int = 3,
     ) -> None:
         hidden = int(hidden)
         if hidden % 4 or hidden <= 0:

@@ -209,7 +209,7 @@ def clip_loss(
     if zero_shot:
         if not model.supports_zero_shot:
             raise VostoolError(f"model '{model.name}' has no zero-shot mode (only rvos)")
-        return model.training_loss_zero_shot(frames, masks, slots)  # type: ignore[attr-defined]
+        return model.training_loss_zero_shot(frames, masks, slots)
     return model.training_loss(frames, masks)
 
 
@@ -561,7 +561,7 @@ def train(cfg: TrainConfig, model_factory: Callable[[TrainConfig], VOSModel] | N
         model = model_factory(cfg)
     else:
         # zero-shot: the checkpoint records the slots it is trained with (the engine's default)
-        extra = {"slots": cfg.slots} if cfg.zero_shot else {}
+        extra = {"slots": cfg.slots} if cfg.zero_shot and get_spec(cfg.model).cls.supports_zero_shot else {}
         model = build_model(cfg.model, cfg.backbone, pretrained=cfg.pretrained and not cfg.init and not cfg.resume,
                             **extra)
     commands: list[str] = []
