@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +17,9 @@ from vostool.cli.common import adapt_progress, check_device_precision, console, 
 from vostool.errors import VostoolError
 
 if TYPE_CHECKING:
+    from vostool.cli.prompt_start import PromptStart
     from vostool.engine.adapt import AdaptConfig
+    from vostool.models.base import VOSModel
 
 
 def _parse_mask_at(items: list[str]) -> dict[int, Path]:
@@ -53,6 +56,138 @@ def _adapt_config(adapt: bool, steps: Optional[int]) -> Optional["AdaptConfig"]:
             raise VostoolError("--adapt-steps needs --adapt")
         return None
     return AdaptConfig() if steps is None else AdaptConfig(steps=steps)
+
+
+def _load_checked_model(
+    model_name: str, weights: Optional[Path], has_first: bool, theta_c: Optional[float], size: Optional[int],
+    scales: str, scale_list: list[float],
+) -> tuple["VOSModel", int]:
+    """Load ``--model``/``--weights`` and check the options that depend on it: a first mask
+    (unless zero-shot), ``--theta-c``, ``--scales`` at the internal size. Returns the model
+    and the internal size (``--size``, else the checkpoint's)."""
+    from vostool.engine import load_model
+    from vostool.models import recommended_size
+
+    model = load_model(model_name, weights=weights)
+    if not has_first and not model.supports_zero_shot:
+        raise VostoolError(f"--mask is required: model '{model_name}' needs a first-frame mask; "
+                           "only rvos segments without one (zero-shot)")
+    if theta_c is not None:
+        if model.theta_c is None:
+            raise VostoolError(f"--theta-c applies to dtn only, not '{model_name}'")
+        model.theta_c = theta_c
+    internal = size if size is not None else recommended_size(model)
+    if min(scale_list) * internal < model.stride or max(scale_list) * internal > SIZE_MAX:
+        raise VostoolError(f"--scales {scales} at size {internal} gives internal sizes outside "
+                           f"{model.stride}..{SIZE_MAX}")
+    return model, internal
+
+
+def _check_sources(paths: list[Path], fps: Optional[float], starter: Optional["PromptStart"],
+                   corrections: dict[int, Path]) -> None:
+    """Check the prompts and the ``--mask-at`` frames against every input before any work."""
+    from vostool.io import open_source
+
+    if starter is not None:
+        for path in paths:
+            with open_source(path, fps=fps) as src:
+                starter.check_source(src.width, src.height, src.num_frames, path.name)
+    if corrections:  # a --mask-at past the end: now, not after the whole video
+        for path in paths:
+            with open_source(path, fps=fps) as src:
+                if src.num_frames is not None and max(corrections) >= src.num_frames:
+                    raise VostoolError(f"{path.name}: --mask-at {max(corrections)} is past the last frame "
+                                       f"({src.num_frames - 1})")
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every input of one ``vostool segment`` run shares."""
+
+    model: "VOSModel"
+    starter: Optional["PromptStart"]
+    corrections: dict[int, Path]
+    fps: Optional[float]
+    overwrite: bool
+    targets: list[str]
+    adaptation: Optional["AdaptConfig"]
+    device: str
+    precision: str
+    size: int
+    scales: list[float]
+    max_objects: Optional[int]
+    backend: str
+    several: bool
+    quiet: bool
+    wanted: set[str]
+    alpha_object: Optional[int]
+    alpha_format: str
+    preview: bool
+
+
+def _segment_video(run: _Run, path: Path, dest: Path, mask: Optional[Path]) -> tuple[int, float]:
+    """Segment one input into ``dest`` from its first ``mask`` (or prompts, or zero-shot)
+    and the run's corrections; prints its line unless quiet. Returns (frames written, seconds)."""
+    from vostool.engine import Propagator, propagate
+    from vostool.engine.adapt import Adaptation
+    from vostool.io import AsyncWriter, OutputWriter, open_source, prepare_out_dir, read_mask
+    from vostool.io.completion import clear_done, mark_done
+
+    model, starter = run.model, run.starter
+    with open_source(path, fps=run.fps) as source:
+        first = None
+        if mask is not None:
+            info = read_mask(mask, size=(source.width, source.height))
+            if info.resized:
+                warn(f"mask is {info.original_size[0]}x{info.original_size[1]} but the video is "
+                     f"{source.width}x{source.height}; resized with nearest neighbour")
+            first = info.ids
+        extra: dict[int, np.ndarray] = {}
+        for idx, png in run.corrections.items():
+            info = read_mask(png, size=(source.width, source.height))
+            if info.resized:
+                warn(f"{png} resized to {source.width}x{source.height} with nearest neighbour")
+            extra[idx] = info.ids
+        prepare_out_dir(dest, run.overwrite, run.targets)
+        clear_done(dest)
+        adaptation = Adaptation(run.adaptation) if run.adaptation is not None else None
+        prop = Propagator(model, device=run.device, precision=run.precision, size=run.size,
+                          scales=run.scales, max_objects=run.max_objects, backend=run.backend, adapt=adaptation)
+        frames, used = source, [True]
+        if starter is not None:
+            frames, first, extra, used = starter.frames(
+                source, first, extra, prop, lambda: Propagator(
+                    model, device=run.device, precision=run.precision, size=run.size, scales=run.scales,
+                    backend=run.backend),
+                starter.save_path(source.stem, run.several))
+        n = 0
+        t0 = time.perf_counter()
+        with make_progress(run.quiet) as progress:
+            if adaptation is not None:
+                adaptation.progress = adapt_progress(progress, path.name)
+            task = progress.add_task(path.name, total=source.num_frames, fps=0.0)
+            with AsyncWriter(OutputWriter(dest, run.wanted, source, alpha_object=run.alpha_object,
+                                          alpha_format=run.alpha_format, warn=warn,
+                                          preview=12 if run.preview else 0)) as writer:
+                for frame, result in propagate(prop, frames, first, extra):
+                    writer.write(frame, result)
+                    n += 1
+                    progress.update(task, advance=1, fps=n / max(time.perf_counter() - t0, 1e-9))
+        mark_done(dest, run.wanted, run.targets, frames=n, input=str(path), model=model.name)
+        seconds = time.perf_counter() - t0
+        if not used[0]:
+            warn(f"--at {starter.at} is past the last frame ({n - 1}): the prompts were not used")
+        missing = sorted(i for i in extra if i >= n)
+        if missing:
+            warn(f"--mask-at frame(s) {missing} are past the last frame ({n - 1}) and were not used")
+        if adaptation is not None and adaptation.unsupported:
+            warn(f"--adapt: model '{model.name}' has no image-only features to learn from; not adapted")
+        if not run.quiet:
+            dt = time.perf_counter() - t0
+            adapted = f", adapted in {adaptation.total_seconds:.1f} s" if adaptation is not None else ""
+            console.print(f"{path.name}: {n} frames in {dt:.1f} s ({n / max(dt, 1e-9):.1f} fps{adapted}) "
+                          f"on {prop.device_name}, {prop.precision} -> {dest}", highlight=False, soft_wrap=True)
+    return n, seconds
 
 
 def segment(
@@ -115,17 +250,13 @@ def segment(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Segment the objects of the first-frame mask through every frame of each input."""
-    from vostool.engine import Propagator, load_model, propagate
-    from vostool.engine.adapt import Adaptation
-    from vostool.io import AsyncWriter, OutputWriter, check_out_dir, check_output_names, expand_inputs, \
-        open_source, output_stem, output_targets, parse_outputs, prepare_out_dir, read_mask
-    from vostool.models import recommended_size
+    from vostool.io import check_out_dir, check_output_names, expand_inputs, output_stem, output_targets, \
+        parse_outputs, read_mask
     from vostool.cli.batch import plan_jobs, summary_line
     from vostool.cli.prompt_start import PromptStart
     from vostool.engine.shard import current_worker, finish_distributed, gather_to_rank0, init_distributed, \
         worker_device
     from vostool.engine.backends import check_backend
-    from vostool.io.completion import clear_done, mark_done
 
     wanted = parse_outputs(outputs)
     if alpha_format not in ("mov", "webm"):
@@ -166,86 +297,18 @@ def segment(
                            f"(ids {', '.join(map(str, sorted(given_ids)))})")
 
     adaptation_config = _adapt_config(adapt, adapt_steps)
-    model = load_model(model_name, weights=weights)
-    if not has_first and not model.supports_zero_shot:
-        raise VostoolError(f"--mask is required: model '{model_name}' needs a first-frame mask; "
-                           "only rvos segments without one (zero-shot)")
-    if theta_c is not None:
-        if model.theta_c is None:
-            raise VostoolError(f"--theta-c applies to dtn only, not '{model_name}'")
-        model.theta_c = theta_c
-    internal = size if size is not None else recommended_size(model)
-    if min(scale_list) * internal < model.stride or max(scale_list) * internal > SIZE_MAX:
-        raise VostoolError(f"--scales {scales} at size {internal} gives internal sizes outside "
-                           f"{model.stride}..{SIZE_MAX}")
-    if starter is not None:
-        for path in paths:
-            with open_source(path, fps=fps) as src:
-                starter.check_source(src.width, src.height, src.num_frames, path.name)
-    if corrections:  # a --mask-at past the end: now, not after the whole video
-        for path in paths:
-            with open_source(path, fps=fps) as src:
-                if src.num_frames is not None and max(corrections) >= src.num_frames:
-                    raise VostoolError(f"{path.name}: --mask-at {max(corrections)} is past the last frame "
-                                       f"({src.num_frames - 1})")
+    model, internal = _load_checked_model(model_name, weights, has_first, theta_c, size, scales, scale_list)
+    _check_sources(paths, fps, starter, corrections)
     dist_created = init_distributed(worker)
     reports: list[dict] = [{"input": str(j.path), "skipped": True} for j in plan.skipped]
 
+    run = _Run(model=model, starter=starter, corrections=corrections, fps=fps, overwrite=overwrite, targets=targets,
+               adaptation=adaptation_config, device=device, precision=precision, size=internal, scales=scale_list,
+               max_objects=max_objects, backend=backend, several=several, quiet=quiet, wanted=wanted,
+               alpha_object=alpha_object, alpha_format=alpha_format, preview=preview)
     for path, dest in zip(paths, dests):
-        with open_source(path, fps=fps) as source:
-            first = None
-            video_mask = job_masks.get(path, mask)
-            if video_mask is not None:
-                info = read_mask(video_mask, size=(source.width, source.height))
-                if info.resized:
-                    warn(f"mask is {info.original_size[0]}x{info.original_size[1]} but the video is "
-                         f"{source.width}x{source.height}; resized with nearest neighbour")
-                first = info.ids
-            extra: dict[int, np.ndarray] = {}
-            for idx, png in corrections.items():
-                info = read_mask(png, size=(source.width, source.height))
-                if info.resized:
-                    warn(f"{png} resized to {source.width}x{source.height} with nearest neighbour")
-                extra[idx] = info.ids
-            prepare_out_dir(dest, overwrite, targets)
-            clear_done(dest)
-            adaptation = Adaptation(adaptation_config) if adaptation_config is not None else None
-            prop = Propagator(model, device=device, precision=precision, size=internal,
-                              scales=scale_list, max_objects=max_objects, backend=backend, adapt=adaptation)
-            frames, used = source, [True]
-            if starter is not None:
-                frames, first, extra, used = starter.frames(
-                    source, first, extra, prop, lambda: Propagator(
-                        model, device=device, precision=precision, size=internal, scales=scale_list,
-                        backend=backend),
-                    starter.save_path(source.stem, several))
-            n = 0
-            t0 = time.perf_counter()
-            with make_progress(quiet) as progress:
-                if adaptation is not None:
-                    adaptation.progress = adapt_progress(progress, path.name)
-                task = progress.add_task(path.name, total=source.num_frames, fps=0.0)
-                with AsyncWriter(OutputWriter(dest, wanted, source, alpha_object=alpha_object,
-                                              alpha_format=alpha_format, warn=warn,
-                                              preview=12 if preview else 0)) as writer:
-                    for frame, result in propagate(prop, frames, first, extra):
-                        writer.write(frame, result)
-                        n += 1
-                        progress.update(task, advance=1, fps=n / max(time.perf_counter() - t0, 1e-9))
-            mark_done(dest, wanted, targets, frames=n, input=str(path), model=model_name)
-            reports.append({"input": str(path), "frames": n, "seconds": time.perf_counter() - t0})
-            if not used[0]:
-                warn(f"--at {starter.at} is past the last frame ({n - 1}): the prompts were not used")
-            missing = sorted(i for i in extra if i >= n)
-            if missing:
-                warn(f"--mask-at frame(s) {missing} are past the last frame ({n - 1}) and were not used")
-            if adaptation is not None and adaptation.unsupported:
-                warn(f"--adapt: model '{model_name}' has no image-only features to learn from; not adapted")
-            if not quiet:
-                dt = time.perf_counter() - t0
-                adapted = f", adapted in {adaptation.total_seconds:.1f} s" if adaptation is not None else ""
-                console.print(f"{path.name}: {n} frames in {dt:.1f} s ({n / max(dt, 1e-9):.1f} fps{adapted}) "
-                              f"on {prop.device_name}, {prop.precision} -> {dest}", highlight=False, soft_wrap=True)
+        n, seconds = _segment_video(run, path, dest, job_masks.get(path, mask))
+        reports.append({"input": str(path), "frames": n, "seconds": seconds})
     gathered = gather_to_rank0(worker, reports)
     finish_distributed(dist_created)
     if gathered is not None and not quiet and (worker.count > 1 or plan.total > 1 or plan.skipped):
