@@ -342,6 +342,187 @@ def _objects_mask(shape: tuple[int, int], objects: int) -> np.ndarray:
     return SyntheticClip(shape[0], shape[1], objects).first_mask()
 
 
+def _check_options(frames: int, objects: int, warmup: int, size: int | None, threads: int | None) -> None:
+    """The benchmark's numeric options; a bad one is a VostoolError naming its flag."""
+    if frames < 1:
+        raise VostoolError("--frames must be at least 1")
+    if objects < 1:
+        raise VostoolError("--objects must be at least 1")
+    if warmup < 0:
+        raise VostoolError("--warmup must be >= 0")
+    if size is not None and size < 8:
+        raise VostoolError("--size must be at least 8")
+    if threads is not None and threads < 1:
+        raise VostoolError("--threads must be at least 1")
+
+
+def _clip_frames(
+    input: str | Path | None, need: int, size: int | None, objects: int,
+) -> tuple[list[np.ndarray], np.ndarray, Path | None, SyntheticClip | None, str]:
+    """The frames to time: synthetic (generated before timing, 16:9 at ``size``) or decoded
+    from ``input``. Returns (``need`` frames ``H x W x 3``, first mask ``H x W`` ids 1..K,
+    the input path or None, the synthetic clip or None, the source label)."""
+    if input is not None:
+        input_path = Path(input)
+        clip_frames, _ = _load_frames(input_path, need)
+        return clip_frames, _objects_mask(clip_frames[0].shape[:2], objects), input_path, None, str(input_path)
+    clip = SyntheticClip(*clip_size(size or 480), objects=objects)
+    return list(clip.frames(need)), clip.first_mask(), None, clip, "synthetic"
+
+
+def _warm_up(
+    prop: Any, compiled: _Compiled | None, clip_frames: list[np.ndarray], first_mask: np.ndarray, warmup: int,
+    notes: list[str],
+) -> float | None:
+    """Start the video and step ``warmup`` frames; a ``torch.compile`` that fails is undone
+    (noted) and the warm-up goes on eager. Returns the compile seconds (first step) or None."""
+    compile_s = None
+    prop.start(clip_frames[0], first_mask)
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        try:
+            prop.step(clip_frames[1 + i])
+        except Exception as exc:
+            if compiled is None or not compiled.patched:
+                raise
+            compiled.undo()
+            notes.append(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                         "timed eager")
+            prop.start(clip_frames[0], first_mask)
+            prop.step(clip_frames[1 + i])
+        if i == 0 and compiled is not None and compiled.patched:
+            compile_s = time.perf_counter() - t0
+    return compile_s
+
+
+def _long_run(
+    prop: Any, timer: _Timer, dev: torch.device, long: int, clip: SyntheticClip | None,
+    clip_frames: list[np.ndarray], need: int,
+) -> tuple[float, float, float]:
+    """``--long``: ``long`` more frames (the synthetic clip goes on, a decoded one loops).
+    Returns (memory at their start, at their end, median ms)."""
+    mem_start = memory.current_mb(dev)
+    long_times: list[float] = []
+    for j in range(long):
+        img = clip.frame(need + j) if clip is not None else clip_frames[(1 + j) % len(clip_frames)]
+        with timer(long_times):
+            prop.step(img)
+    return mem_start, memory.current_mb(dev), statistics.median(long_times)
+
+
+def _time_adaptation(prop: Any, dev: torch.device, clip_frames: list[np.ndarray], first_mask: np.ndarray,
+                     warmup: int) -> float:
+    """``--adapt``: restart the video (the objects learnt again, now warm), then step back to
+    where the warm-up left it. Returns the adaptation's seconds."""
+    prop.start(clip_frames[0], first_mask)
+    _sync(dev)
+    adapt_s = prop.adaptation.seconds
+    for i in range(warmup):
+        prop.step(clip_frames[1 + i])
+    return adapt_s
+
+
+def _threads_used(gov: Any, used0: dict[Any, int], dev: torch.device) -> tuple[dict[str, int], int, str]:
+    """(frames per thread count, the count used most, ``auto|fixed|n/a``) over the timed frames."""
+    if gov is not None:
+        used = {str(n): gov.used[n] - used0.get(n, 0) for n in gov.options}
+        used = {k: v for k, v in used.items() if v}
+        return used, int(max(used, key=lambda k: used[k])) if used else gov.threads, "auto"
+    return {}, torch.get_num_threads(), "fixed" if dev.type == "cpu" else "n/a"
+
+
+def _cpu_isa_note(dev: torch.device, prop: Any, notes: list[str]) -> str | None:
+    """The CPU's ISA summary (None off the CPU); notes that onnxruntime ignores an ISA cap."""
+    if dev.type != "cpu":
+        return None
+    from vostool.engine.device import cpu_isa
+
+    info = cpu_isa()
+    if prop.backend == "onnxruntime" and info["effective"] != info["hardware"]:
+        notes.append("onnxruntime's kernels use the CPU's own ISA: ONEDNN_MAX_CPU_ISA / "
+                     "ATEN_CPU_CAPABILITY do not cap them")
+    return str(info["summary"])
+
+
+@dataclass
+class _Timed:
+    """What the timed frames measured (model alone)."""
+
+    times: list[float]  # ms per frame
+    share: float | None  # the model's propagation share over them
+    used: dict[str, int]  # frames per thread count
+    n_threads: int
+    threads_mode: str
+    internal: tuple[int, int]  # the base lane's size before padding
+    padded: tuple[int, int]
+    best: tuple[float, float, int, list[float]] | None  # the baseline trunk's best, if any
+    adapt_s: float | None
+    peak: float  # peak memory (MB) so far, the baseline trunk's excluded
+
+
+def _time_model(
+    prop: Any, model: VOSModel, timer: _Timer, dev: torch.device, clip_frames: list[np.ndarray],
+    first_mask: np.ndarray, warmup: int, frames: int, peak: float, baseline_size: int | None, baseline_frames: int,
+    say: Callable[[str], None],
+) -> _Timed:
+    """Time ``frames`` frames after the warm-up (and ``--adapt``'s adaptation, once warm),
+    with ``baseline_frames`` ResNet-50 trunk forwards interleaved when ``baseline_size`` is
+    given. The trunk is freed before returning."""
+    trunk: _ResNetTrunk | None = None
+    if baseline_size is not None:
+        trunk = _ResNetTrunk(baseline_size, dev)
+        trunk.warm()
+    base_every = max(1, frames // max(1, baseline_frames)) if trunk is not None else 0
+
+    # -- --adapt: learning the first frame's objects, timed once warm ----------------------
+    adapt_s = None
+    if prop.adaptation is not None:
+        say(f"{model.name}: timing the adaptation")
+        adapt_s = _time_adaptation(prop, dev, clip_frames, first_mask, warmup)
+
+    # -- model alone ---------------------------------------------------------------------
+    say(f"{model.name}: timing {frames} frames")
+    model.reset_stream_counts()
+    times: list[float] = []
+    gov = prop.governor
+    used0 = dict(gov.used) if gov is not None else {}
+    for i in range(frames):
+        img = clip_frames[1 + warmup + i]
+        with timer(times):
+            prop.step(img)
+        if trunk is not None and (i % base_every == 0) and trunk.samples < baseline_frames:
+            trunk.sample(timer)
+    share = model.propagation_share()
+    used, n_threads, threads_mode = _threads_used(gov, used0, dev)
+    padded = (prop._lanes[0].ph, prop._lanes[0].pw)
+    internal = (prop._lanes[0].h, prop._lanes[0].w)
+    best = trunk.best() if trunk is not None else None
+    if trunk is None:
+        peak = max(peak, memory.peak_mb(dev))
+    return _Timed(times, share, used, n_threads, threads_mode, internal, padded, best, adapt_s, peak)
+
+
+def _end_to_end_figures(
+    prop: Any, propagate: Any, frames: list[np.ndarray], first_mask: np.ndarray, input_path: Path | None,
+    dev: torch.device,
+) -> tuple[int, float, float, float]:
+    """Decode -> segment -> write, ``--adapt``'s adaptation left out of the time (it is
+    ``adapt_s``). Returns (frames, fps, ms per frame, peak memory MB)."""
+    memory.reset_peak(dev)
+    n_e2e, wall = _end_to_end(prop, propagate, frames, first_mask, input_path)
+    if prop.adaptation is not None:
+        wall -= prop.adaptation.seconds  # reported as adapt_s, not in the fps
+    return n_e2e, n_e2e / wall, wall * 1000 / n_e2e, memory.peak_mb(dev)
+
+
+def _add_notes(notes: list[str], reset_ok: bool, weights_label: str, share: float | None) -> None:
+    """The caveats of the memory and propagation-share figures."""
+    if not reset_ok:
+        notes.append("peak RSS could not be reset: it is the process peak; see mem_delta_mb")
+    if weights_label == "random" and share is not None:
+        notes.append("propagation share with random weights says nothing about trained behaviour")
+
+
 # -- the benchmark ----------------------------------------------------------------------
 def benchmark(
     model_name: str, *, backbone: str | None = None, random_weights: bool = False,
@@ -370,34 +551,14 @@ def benchmark(
     from vostool.engine.adapt import Adaptation
     from vostool.engine.device import device_name, resolve_device
 
-    if frames < 1:
-        raise VostoolError("--frames must be at least 1")
-    if objects < 1:
-        raise VostoolError("--objects must be at least 1")
-    if warmup < 0:
-        raise VostoolError("--warmup must be >= 0")
-    if size is not None and size < 8:
-        raise VostoolError("--size must be at least 8")
-    if threads is not None and threads < 1:
-        raise VostoolError("--threads must be at least 1")
+    _check_options(frames, objects, warmup, size, threads)
     if compile:
         warmup = max(warmup, 1)  # compilation happens on the first call, never timed
     say = progress or (lambda message: None)
     dev = resolve_device(device)
 
-    # Frames: synthetic (generated before timing) or decoded from --input.
-    need = 1 + warmup + frames
-    if input is not None:
-        input_path = Path(input)
-        clip_frames, _ = _load_frames(input_path, need)
-        first_mask = _objects_mask(clip_frames[0].shape[:2], objects)
-        source_label = str(input_path)
-    else:
-        input_path = None
-        clip = SyntheticClip(*clip_size(size or 480), objects=objects)
-        clip_frames = list(clip.frames(need))
-        first_mask = clip.first_mask()
-        source_label = "synthetic"
+    need = 1 + warmup + frames  # synthetic (generated before timing) or decoded from --input
+    clip_frames, first_mask, input_path, clip, source_label = _clip_frames(input, need, size, objects)
     src_hw = tuple(clip_frames[0].shape[:2])
 
     # Memory is measured from here: the clip itself is not the model's.
@@ -410,30 +571,12 @@ def benchmark(
                       threads=threads, backend=backend, adapt=Adaptation(adapt) if adapt is not None else None)
 
     timer = _Timer(dev)
-    trunk: _ResNetTrunk | None = None
-    base_every = max(1, frames // max(1, baseline_frames)) if baseline else 0
-
     compiled = _Compiled(model) if compile else None
-    compile_s = None
     if compiled is not None:
         compiled.__enter__()
     try:
         say(f"{model_name}: warm-up")
-        prop.start(clip_frames[0], first_mask)
-        for i in range(warmup):
-            t0 = time.perf_counter()
-            try:
-                prop.step(clip_frames[1 + i])
-            except Exception as exc:
-                if compiled is None or not compiled.patched:
-                    raise
-                compiled.undo()
-                notes.append(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-                             "timed eager")
-                prop.start(clip_frames[0], first_mask)
-                prop.step(clip_frames[1 + i])
-            if i == 0 and compiled is not None and compiled.patched:
-                compile_s = time.perf_counter() - t0
+        compile_s = _warm_up(prop, compiled, clip_frames, first_mask, warmup, notes)
         _sync(dev)
         # The model's memory: measured before the baseline network exists.
         peak = memory.peak_mb(dev)
@@ -442,108 +585,47 @@ def benchmark(
         mem_start = mem_end = long_med = None
         if long:
             say(f"{model_name}: {long} more frames (--long)")
-            gen = clip if input_path is None else None
-            mem_start = memory.current_mb(dev)
-            long_times: list[float] = []
-            for j in range(long):
-                img = gen.frame(need + j) if gen is not None else clip_frames[(1 + j) % len(clip_frames)]
-                with timer(long_times):
-                    prop.step(img)
-            mem_end = memory.current_mb(dev)
-            long_med = statistics.median(long_times)
-            peak = max(peak, memory.peak_mb(dev))
+            mem_start, mem_end, long_med = _long_run(prop, timer, dev, long, clip, clip_frames, need)
+            peak = max(peak, memory.peak_mb(dev))  # the long run's
 
-        if baseline:
-            trunk = _ResNetTrunk(size or min(src_hw), dev)
-            trunk.warm()
-
-        # -- --adapt: learning the first frame's objects, timed once warm ------------------
-        adapt_s = None
-        if prop.adaptation is not None:
-            say(f"{model_name}: timing the adaptation")
-            prop.start(clip_frames[0], first_mask)
-            _sync(dev)
-            adapt_s = prop.adaptation.seconds
-            for i in range(warmup):  # back to where the warm-up left the video
-                prop.step(clip_frames[1 + i])
-
-        # -- model alone -----------------------------------------------------------------
-        say(f"{model_name}: timing {frames} frames")
-        model.reset_stream_counts()
-        times: list[float] = []
-        gov = prop.governor
-        used0 = dict(gov.used) if gov is not None else {}
-        for i in range(frames):
-            img = clip_frames[1 + warmup + i]
-            with timer(times):
-                prop.step(img)
-            if trunk is not None and (i % base_every == 0) and trunk.samples < baseline_frames:
-                trunk.sample(timer)
-        share = model.propagation_share()
-        if gov is not None:
-            used = {str(n): gov.used[n] - used0.get(n, 0) for n in gov.options}
-            used = {k: v for k, v in used.items() if v}
-            n_threads = int(max(used, key=lambda k: used[k])) if used else gov.threads
-            threads_mode = "auto"
-        else:
-            used, n_threads = {}, torch.get_num_threads()
-            threads_mode = "fixed" if dev.type == "cpu" else "n/a"
-        padded = (prop._lanes[0].ph, prop._lanes[0].pw)
-        internal = (prop._lanes[0].h, prop._lanes[0].w)
-        best = trunk.best() if trunk is not None else None
-        if trunk is None:
-            peak = max(peak, memory.peak_mb(dev))
-        trunk = None  # free the baseline before the memory figures that follow
-        gc.collect()
+        timed = _time_model(prop, model, timer, dev, clip_frames, first_mask, warmup, frames, peak,
+                            (size or min(src_hw)) if baseline else None, baseline_frames, say)
+        gc.collect()  # the baseline trunk is gone before the memory figures that follow
+        peak = timed.peak
 
         # -- end to end ----------------------------------------------------------------
         fps_e2e = ms_e2e = peak_e2e = None
         n_e2e = 0
         if end_to_end:
             say(f"{model_name}: end to end")
-            memory.reset_peak(dev)
-            n_e2e, wall = _end_to_end(prop, propagate, clip_frames[: 1 + frames], first_mask, input_path)
-            if prop.adaptation is not None:
-                wall -= prop.adaptation.seconds  # reported as adapt_s, not in the fps
-            fps_e2e = n_e2e / wall
-            ms_e2e = wall * 1000 / n_e2e
-            peak_e2e = memory.peak_mb(dev)
+            n_e2e, fps_e2e, ms_e2e, peak_e2e = _end_to_end_figures(
+                prop, propagate, clip_frames[: 1 + frames], first_mask, input_path, dev)
         compile_used = bool(compiled is not None and compiled.patched)
     finally:
         if compiled is not None:
             compiled.undo()
 
-    isa = None
-    if dev.type == "cpu":
-        from vostool.engine.device import cpu_isa
-
-        info = cpu_isa()
-        isa = info["summary"]
-        if prop.backend == "onnxruntime" and info["effective"] != info["hardware"]:
-            notes.append("onnxruntime's kernels use the CPU's own ISA: ONEDNN_MAX_CPU_ISA / "
-                         "ATEN_CPU_CAPABILITY do not cap them")
-    if not reset_ok:
-        notes.append("peak RSS could not be reset: it is the process peak; see mem_delta_mb")
-    if weights_label == "random" and share is not None:
-        notes.append("propagation share with random weights says nothing about trained behaviour")
+    isa = _cpu_isa_note(dev, prop, notes)
+    _add_notes(notes, reset_ok, weights_label, timed.share)
+    times, best = timed.times, timed.best
     ms_med = statistics.median(times)
     base_ms = best[0] if best else None
     return BenchResult(
         model=model_name, backbone=bb, weights=weights_label, device=device_name(dev), device_type=dev.type,
         torch=torch.__version__, precision=prop.precision, channels_last=prop.channels_last,
         compile=compile_used,
-        size=size, internal_hw=internal, padded_hw=padded, source_hw=src_hw, objects=objects,
-        frames=frames, warmup=warmup, threads=n_threads, threads_mode=threads_mode, threads_used=used,
-        interop_threads=torch.get_num_interop_threads(), input=source_label,
+        size=size, internal_hw=timed.internal, padded_hw=timed.padded, source_hw=src_hw, objects=objects,
+        frames=frames, warmup=warmup, threads=timed.n_threads, threads_mode=timed.threads_mode,
+        threads_used=timed.used, interop_threads=torch.get_num_interop_threads(), input=source_label,
         ms_median=ms_med, ms_p90=_percentile(times, 90), ms_mean=statistics.fmean(times),
         fps_model=1000 / statistics.fmean(times), fps_end_to_end=fps_e2e, ms_end_to_end=ms_e2e,
         frames_end_to_end=n_e2e, peak_mem_mb=peak, peak_mem_e2e_mb=peak_e2e, peak_mem_kind=memory.peak_kind(dev),
         peak_mem_reset=reset_ok, mem_delta_mb=(peak - mem_before) if dev.type != "cuda" else None,
         mem_start_mb=mem_start, mem_end_mb=mem_end, long_frames=long or None, long_ms_median=long_med,
-        propagation_share=share, baseline_ms=base_ms, baseline_threads=best[2] if best else None,
+        propagation_share=timed.share, baseline_ms=base_ms, baseline_threads=best[2] if best else None,
         baseline_ratio=(ms_med / base_ms) if base_ms else None, compile_s=compile_s, notes=notes,
         backend=prop.backend, inference_path=prop.inference_path, cpu_isa=isa,
-        adapt_s=adapt_s, adapt_steps=adapt.steps if adapt is not None else None,
+        adapt_s=timed.adapt_s, adapt_steps=adapt.steps if adapt is not None else None,
     )
 
 
