@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import default_stop_signals
 from test_io_helpers import make_video
 from vostool.cli.app import app
 from vostool.io.masks import save_index_png
@@ -56,7 +57,7 @@ def start(data, out: Path, alpha_format: str = "mov") -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "vostool", "segment", str(video), "--mask", str(mask), "--weights", str(weights),
          "--out", str(out), "--outputs", OUTPUTS, "--alpha-format", alpha_format, "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=default_stop_signals,
     )
     deadline = time.monotonic() + 180
     while proc.poll() is None and time.monotonic() < deadline:

@@ -16,6 +16,9 @@ from vostool.interrupts import (
     orderly_signals,
 )
 
+# as in a terminal, whatever the test runner inherited (see conftest.default_stop_signals)
+pytestmark = pytest.mark.usefixtures("stop_signals_at_default")
+
 
 def deliver(sig: int) -> None:
     os.kill(os.getpid(), sig)
