@@ -102,3 +102,33 @@ def clip_forward_backward(name: str, backbone: str, size: int):
         if p.grad is not None:
             assert torch.isfinite(p.grad).all(), pname
     return model
+
+
+def two_objects_frame(i: int, width: int = 64, height: int = 48) -> np.ndarray:
+    """Frame ``i`` of the CLI tests' clip: a red block moving right, a green one moving left,
+    on a flat grey ``height x width`` background (uint8 RGB)."""
+    img = np.full((height, width, 3), 30, np.uint8)
+    img[8:20, 4 + i : 16 + i] = (220, 40, 40)
+    img[28:44, 40 - i : 56 - i] = (40, 200, 60)
+    return img
+
+
+def cli_clip(root: Path, n: int, frame_fn, objects: dict[int, tuple[slice, slice]],
+             size: tuple[int, int] = (64, 48)) -> tuple[Path, Path, Path, Path]:
+    """What a CLI test needs: an H.264 clip of ``n`` frames drawn by ``frame_fn``, its first mask
+    (``objects``: id -> (rows, cols) of frame 0) and a random-weight crvos checkpoint (seed 0,
+    inference size 32). Returns ``(root, video, mask png, weights)``."""
+    import torch
+
+    from test_io_helpers import make_video
+    from vostool.io.masks import save_index_png
+    from vostool.models import build_model, save_checkpoint
+
+    video = make_video(root / "clip.mp4", n=n, codec="libx264", frame_fn=frame_fn)
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    for oid, (rows, cols) in objects.items():
+        mask[rows, cols] = oid
+    save_index_png(root / "first.png", mask)
+    torch.manual_seed(0)
+    weights = save_checkpoint(build_model("crvos"), root / "crvos.safetensors", extra={"size": 32})
+    return root, video, root / "first.png", weights

@@ -7,16 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from synthetic import two_squares_clip
+from synthetic import cli_clip, two_objects_frame, two_squares_clip
 from typer.testing import CliRunner
 
-from test_io_helpers import make_video
 from vostool.cli.app import app
 from vostool.engine import Propagator, propagate
 from vostool.engine.adapt import AdaptConfig, Adaptation, parse_steps
 from vostool.errors import VostoolError
-from vostool.io.masks import save_index_png
-from vostool.models import build_model, save_checkpoint
+from vostool.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,24 +134,10 @@ def _error_line(result) -> str:
     return lines[0]
 
 
-def _two_objects(i: int, width: int = 64, height: int = 48) -> np.ndarray:
-    img = np.full((height, width, 3), 30, np.uint8)
-    img[8:20, 4 + i: 16 + i] = (220, 40, 40)
-    img[28:44, 40 - i: 56 - i] = (40, 200, 60)
-    return img
-
-
 @pytest.fixture(scope="module")
 def cli_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapt")
-    video = make_video(root / "clip.mp4", n=5, codec="libx264", frame_fn=_two_objects)
-    mask = np.zeros((48, 64), np.uint8)
-    mask[8:20, 4:16] = 3
-    mask[28:44, 40:56] = 7
-    save_index_png(root / "first.png", mask)
-    torch.manual_seed(0)
-    weights = save_checkpoint(build_model("crvos"), root / "crvos.safetensors", extra={"size": 32})
-    return root, video, root / "first.png", weights
+    return cli_clip(tmp_path_factory.mktemp("adapt"), 5, two_objects_frame,
+                    {3: (slice(8, 20), slice(4, 16)), 7: (slice(28, 44), slice(40, 56))})
 
 
 def test_cli_bad_adapt_steps_is_one_line(cli_data, tmp_path):

@@ -9,15 +9,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from test_io_helpers import make_video
+from synthetic import cli_clip
 from vostool.cli.app import app
 from vostool.io import MANIFEST_NAME
-from vostool.io.masks import save_index_png
-from vostool.models import build_model, save_checkpoint
 
 runner = CliRunner()
 W, H = 64, 48
@@ -31,14 +28,7 @@ def frame_fn(i: int, width: int = W, height: int = H) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("outputs")
-    video = make_video(root / "clip.mp4", n=4, codec="libx264", frame_fn=frame_fn)
-    mask = np.zeros((H, W), np.uint8)
-    mask[8:20, 4:16] = 3
-    save_index_png(root / "first.png", mask)
-    torch.manual_seed(0)
-    weights = save_checkpoint(build_model("crvos"), root / "crvos.safetensors", extra={"size": 32})
-    return root, video, root / "first.png", weights
+    return cli_clip(tmp_path_factory.mktemp("outputs"), 4, frame_fn, {3: (slice(8, 20), slice(4, 16))})
 
 
 def run(*args):

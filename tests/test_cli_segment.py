@@ -12,33 +12,19 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from synthetic import cli_clip, two_objects_frame
 from test_io_helpers import make_video
 from vostool.cli.app import app
 from vostool.io.masks import save_index_png
-from vostool.models import build_model, save_checkpoint
 
 runner = CliRunner()
 W, H = 64, 48
 
 
-def two_objects_frame(i: int, width: int = W, height: int = H) -> np.ndarray:
-    img = np.full((height, width, 3), 30, np.uint8)
-    img[8:20, 4 + i : 16 + i] = (220, 40, 40)
-    img[28:44, 40 - i : 56 - i] = (40, 200, 60)
-    return img
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seg")
-    video = make_video(root / "clip.mp4", n=8, codec="libx264", frame_fn=two_objects_frame)
-    mask = np.zeros((H, W), np.uint8)
-    mask[8:20, 4:16] = 3
-    mask[28:44, 40:56] = 7
-    save_index_png(root / "first.png", mask)
-    torch.manual_seed(0)
-    weights = save_checkpoint(build_model("crvos"), root / "crvos.safetensors", extra={"size": 32})
-    return root, video, root / "first.png", weights
+    return cli_clip(tmp_path_factory.mktemp("seg"), 8, two_objects_frame,
+                    {3: (slice(8, 20), slice(4, 16)), 7: (slice(28, 44), slice(40, 56))})
 
 
 def run(*args: str):
