@@ -194,8 +194,12 @@ def _fuse_conv_act(module: nn.Module) -> nn.Module | None:
     return module if count else None
 
 
-def _same_features(a: nn.Module, b: nn.Module, dtype: torch.dtype | None) -> bool:
-    """Whether two inference copies give the same outputs on a small random input."""
+def _run_both(
+    a: nn.Module, b: nn.Module, dtype: torch.dtype | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+    """Both inference copies' outputs on one small random input (``1 x C x 64 x 96``, in
+    ``a``'s memory format, under autocast to ``dtype`` if given), as dicts of the same keys
+    and shapes; None when ``b`` fails or its outputs do not match ``a``'s in keys or shapes."""
     try:
         first = next(m for m in a.modules() if isinstance(m, nn.Conv2d))
         p = next(a.parameters())
@@ -206,28 +210,32 @@ def _same_features(a: nn.Module, b: nn.Module, dtype: torch.dtype | None) -> boo
                else contextlib.nullcontext())
         with torch.inference_mode(), ctx:
             ya, yb = a(x), b(x)
-        ya = ya if isinstance(ya, dict) else {"out": ya}
-        yb = yb if isinstance(yb, dict) else {"out": yb}
-        tol = 1e-4 if dtype is None else 3e-2
-        return ya.keys() == yb.keys() and all(
-            ya[k].shape == yb[k].shape and torch.allclose(ya[k].float(), yb[k].float(), rtol=tol, atol=tol)
-            for k in ya)
     except Exception:
+        return None
+    ya = ya if isinstance(ya, dict) else {"out": ya}
+    yb = yb if isinstance(yb, dict) else {"out": yb}
+    if ya.keys() != yb.keys() or any(ya[k].shape != yb[k].shape for k in ya):
+        return None
+    return ya, yb
+
+
+def _same_features(a: nn.Module, b: nn.Module, dtype: torch.dtype | None) -> bool:
+    """Whether two inference copies give the same outputs on a small random input."""
+    both = _run_both(a, b, dtype)
+    if both is None:
         return False
+    ya, yb = both
+    tol = 1e-4 if dtype is None else 3e-2
+    return all(torch.allclose(ya[k].float(), yb[k].float(), rtol=tol, atol=tol) for k in ya)
 
 
 def _relative_error(a: nn.Module, b: nn.Module) -> float:
     """Largest ``|a(x) - b(x)| / max|a(x)|`` over the outputs, on a small random input
     (fp32); NaN if the outputs do not match in keys or shapes or b fails."""
-    first = next(m for m in a.modules() if isinstance(m, nn.Conv2d))
-    x = torch.randn(1, first.in_channels, 64, 96, generator=torch.Generator().manual_seed(0))
-    try:
-        with torch.inference_mode():
-            ya, yb = a(x), b(x)
-    except Exception:
+    both = _run_both(a, b)
+    if both is None:
         return float("nan")
-    if ya.keys() != yb.keys() or any(ya[k].shape != yb[k].shape for k in ya):
-        return float("nan")
+    ya, yb = both
     return max(float((ya[k].float() - yb[k].float()).abs().max() / ya[k].float().abs().max().clamp_min(1e-12))
                for k in ya)
 
