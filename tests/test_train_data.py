@@ -129,3 +129,29 @@ def test_mixed_clips_draw_both_sources_deterministically(tmp_path):
     assert not any(MixedClips(videos, synthetic, p_synthetic=0.0).is_synthetic(i) for i in range(50))
     with pytest.raises(VostoolError):
         MixedClips(videos, synthetic, p_synthetic=1.5)
+
+
+def test_davis_multi_scale_draws_the_frame_short_side(tmp_path):
+    # 48x64 frames with a 16x20 object: at a frame short side of S the object is 16x20 * S/48
+    make_davis(tmp_path, seqs=1, frames=4)
+    still = Augment(flip=False, rotation=0.0, shear=0.0, scale=(1.0, 1.0), brightness=0.0, contrast=0.0,
+                    saturation=0.0, hue=0.0)
+    for side, area in ((24, 80), (48, 320), (72, 720)):
+        ds = DavisClips([tmp_path], size=(48, 64), clip_len=2, augment=still, short_sides=(side, side))
+        assert ds.short_side == side  # frames cached at the largest side drawn
+        got = [int((ds[i][1][0] == 1).sum()) for i in range(6)]
+        assert all(abs(a - area) <= 0.2 * area for a in got), (side, got)
+    ds = DavisClips([tmp_path], size=(48, 64), clip_len=2, augment=still, short_sides=(24, 72), seed=5)
+    areas = [int((ds[i][1][0] == 1).sum()) for i in range(24)]
+    assert min(areas) < 200 < max(areas)  # several scales within one run
+    with pytest.raises(VostoolError, match="multi-scale"):
+        DavisClips([tmp_path], size=(48, 64), short_sides=(72, 24))
+
+
+def test_cli_multi_scale_option():
+    from vostool.cli.train import parse_short_sides
+
+    assert parse_short_sides("240-480") == (240, 480)
+    for bad in ("480-240", "240", "a-b", "16-480"):
+        with pytest.raises(VostoolError, match="--multi-scale"):
+            parse_short_sides(bad)

@@ -271,3 +271,23 @@ def test_cli_train_and_export(tmp_path, monkeypatch):
     r = runner.invoke(app, ["--export", str(tmp_path / "w/crvos.safetensors"), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "w/crvos.json").is_file()
+
+
+def test_card_dev_score_is_what_vostool_eval_prints(tmp_path):
+    """Training validation and the exported card use vostool eval's runner and scorer."""
+    from vostool.eval.api import evaluate_davis
+
+    root = make_davis(tmp_path / "davis", frames=6)
+    (root / "ImageSets/480p").mkdir(parents=True)
+    (root / "ImageSets/480p/train.txt").write_text("".join(
+        f"/JPEGImages/480p/seq{s}/00000.jpg /Annotations/480p/seq{s}/00000.png\n" for s in range(3)))
+    cfg = dataclasses.replace(_tiny_cfg(tmp_path, "run", 2), val_sequences=["seq1", "seq2"], val_every=2)
+    train(cfg)
+    dst = tmp_path / "w/crvos.safetensors"
+    card = export_run(tmp_path / "run/last.pt", dst, fp16=False, size=48)
+    report = evaluate_davis(root, year=2016, split="train", sequences=["seq1", "seq2"], model="crvos",
+                            weights=str(dst), device="cpu", size=48, workers=1, out_dir=tmp_path / "ev")
+    g = report.result.global_figures
+    assert card["dev_split"]["JF"] == pytest.approx(g["J&F-Mean"], abs=1e-12)
+    assert card["dev_split"]["J"] == pytest.approx(g["J-Mean"], abs=1e-12)
+    assert 0 <= g["J&F-Mean"] <= 1

@@ -31,6 +31,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def parse_short_sides(text: str) -> tuple[int, int]:
+    """``"240-480"`` -> (240, 480): the range of frame short sides of multi-scale training."""
+    try:
+        lo, hi = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise VostoolError(f"--multi-scale wants LO-HI short sides in pixels like 240-480, not '{text}'") from None
+    if not (32 <= lo <= hi <= 4096):
+        raise VostoolError(f"--multi-scale {text}: want 32 <= LO <= HI <= 4096")
+    return lo, hi
+
+
 def recorded_command(argv: list[str] | None = None) -> str:
     """The command line as ``vostool train ...`` (whatever launched it)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -51,6 +62,7 @@ def train_command(
     images: Annotated[Optional[list[str]], typer.Option("--images", help="Still images with masks: <root>/images, <root>/masks (repeatable). Pretrain: the synthetic clips; video stage: mixed in (--image-ratio).")] = None,
     image_ratio: Annotated[Optional[float], float_option(..., "--image-ratio", lo=0, hi=1, help="Video stage with --images: fraction of clips that are synthetic (default 0.3).")] = None,
     size: Annotated[Optional[str], typer.Option(help="Training crop HEIGHTxWIDTH, multiples of 16. Range: each side 32..4096.")] = None,
+    multi_scale: Annotated[Optional[str], typer.Option("--multi-scale", help="Video stage: each clip scales its frames to a random short side in LO-HI pixels (e.g. 240-480) before the --size crop, so that the model works at every inference size in that range.")] = None,
     clip_len: Annotated[Optional[int], int_option(..., "--clip-len", lo=2, hi=256, help="Frames per clip (default 4 pretrain, 8 video).")] = None,
     max_skip: Annotated[Optional[int], int_option(..., "--max-skip", lo=1, hi=100, help="Video: random frame step 1..N (fast motion).")] = None,
     batch: Annotated[Optional[int], int_option(..., "--batch", lo=1, hi=1024, help="Clips per step (per process).")] = None,
@@ -114,6 +126,7 @@ def _run(**o) -> None:
     fields = dict(
         model=o["model"], backbone=o["backbone"], stage=o["stage"], data=o["data"] or None,
         images=o["images"] or None, image_ratio=o["image_ratio"], size=parse_size(o["size"]) if o["size"] else None, clip_len=o["clip_len"],
+        multi_scale=parse_short_sides(o["multi_scale"]) if o["multi_scale"] else None,
         max_skip=o["max_skip"], batch=o["batch"], iters=o["iters"], lr=o["lr"], lr_schedule=o["lr_schedule"],
         lr_gamma=o["lr_gamma"], lr_step=o["lr_step"], weight_decay=o["weight_decay"], ema_decay=o["ema"], precision=o["precision"],
         device=o["device"],

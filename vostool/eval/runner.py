@@ -135,13 +135,15 @@ def run_sequences(
     *,
     binary: bool,
     progress: Callable[[str, int], None] | None = None,
+    max_frames: int | None = None,
 ) -> RunStats:
     """Propagate the first ground-truth mask of each sequence and save every frame's ids.
 
     binary: DAVIS-2016, the first mask is binarised to object 1; otherwise its ids are kept
     and void (255) becomes background. ``progress(name, frames)`` is called after each
     sequence. Writes ``<out_dir>/<seq>/<frame>.png`` for every frame from the first annotated
-    one on (frame 0 included, as the given mask).
+    one on (frame 0 included, as the given mask); with ``max_frames``, only that many frames
+    of each sequence (training's quick validation).
     """
     from vostool.io.masks import save_index_png  # the same PNG writer as `vostool segment`
 
@@ -158,7 +160,7 @@ def run_sequences(
             pending.append(writer.submit(save_index_png, path, index.copy()))
 
         for spec in sequences:
-            paths = _frame_paths(spec)
+            paths = _frame_paths(spec)[:max_frames]
             mask = _first_mask(spec, binary)
             seq_out = out_dir / spec.name
             try:

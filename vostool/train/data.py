@@ -169,13 +169,19 @@ class DavisClips(torch.utils.data.Dataset):
     place (one extra affine for the whole clip, so it keeps its own motion) and pasted on
     top with a softened edge. The ids are shuffled, so any object may come first in the
     chain; every object keeps at least half of its frame-0 area visible.
+
+    With ``short_sides = (lo, hi)`` (multi-scale training) each clip first scales its frames
+    so that their shorter side is a random length in ``lo..hi`` pixels (uniform), in place
+    of ``augment.scale``, and then crops ``size`` from them: the crop (and so the cost of a
+    step) stays the same while the objects and textures appear at every pixel scale that
+    inference at a short side of ``lo..hi`` shows them. Frames are then cached at ``hi``.
     """
 
     def __init__(
         self, roots: Sequence[str | Path], size: tuple[int, int] = (240, 432), clip_len: int = 8,
         max_skip: int = 3, exclude: Sequence[str] = (), seed: int = 0, augment: Augment | None = None,
         length: int = 10**9, cache_scale: float = 1.25, sequences: Sequence[str] | None = None,
-        objects: int = 1,
+        objects: int = 1, short_sides: tuple[int, int] | None = None,
     ) -> None:
         self.objects = max(1, int(objects))
         self.size = (int(size[0]), int(size[1]))
@@ -184,7 +190,11 @@ class DavisClips(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.augment = augment if augment is not None else Augment()
         self.length = int(length)
-        self.short_side = max(self.size[0], round(min(self.size) * cache_scale))
+        self.short_sides = (int(short_sides[0]), int(short_sides[1])) if short_sides else None
+        if self.short_sides and not 0 < self.short_sides[0] <= self.short_sides[1]:
+            raise VostoolError(f"multi-scale short sides must satisfy 0 < lo <= hi, got {short_sides}")
+        self.short_side = (self.short_sides[1] if self.short_sides
+                           else max(self.size[0], round(min(self.size) * cache_scale)))
         self.sequences = find_sequences(roots, sequences, exclude)
         if not self.sequences:
             raise VostoolError(f"no training sequences with annotations in {', '.join(map(str, roots))}")
@@ -319,7 +329,10 @@ class DavisClips(torch.utils.data.Dataset):
         a = self.augment
         h, w = self.size
         sh, sw = src_shape
-        s = float(rng.uniform(*a.scale)) * (min(h, w) / min(sh, sw)) * (self.short_side / min(self.size))
+        if self.short_sides:
+            s = float(rng.uniform(*self.short_sides)) / min(sh, sw)
+        else:
+            s = float(rng.uniform(*a.scale)) * (min(h, w) / min(sh, sw)) * (self.short_side / min(self.size))
         # centre: half the time near the object, else anywhere the window fits
         ys, xs = np.nonzero(obj)
         if len(ys) and rng.random() < 0.5:

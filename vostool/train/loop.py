@@ -66,6 +66,7 @@ class TrainConfig:
     data: list[str] = field(default_factory=list)      # DAVIS-layout roots
     images: list[str] = field(default_factory=list)    # still-image sets (images/, masks/)
     size: tuple[int, int] = (240, 432)  # training crop H, W
+    multi_scale: tuple[int, int] | None = None  # video: each clip's frame short side drawn in lo..hi (crop stays size)
     clip_len: int | None = None        # frames per clip (default: 4 pretrain, 8 video)
     max_skip: int = 3                  # video: frame step 1..max_skip (fast motion)
     max_objects: int = 2               # pretrain: objects pasted per clip
@@ -115,6 +116,7 @@ class TrainConfig:
 def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["size"] = list(cfg.size)
+    d["multi_scale"] = list(cfg.multi_scale) if cfg.multi_scale else None
     return d
 
 
@@ -123,6 +125,8 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     d = {k: v for k, v in d.items() if k in names}
     if "size" in d:
         d["size"] = tuple(int(v) for v in d["size"])
+    if d.get("multi_scale"):
+        d["multi_scale"] = tuple(int(v) for v in d["multi_scale"])
     return TrainConfig(**d)
 
 
@@ -329,7 +333,8 @@ def build_dataset(cfg: TrainConfig, rank: int = 0) -> torch.utils.data.Dataset:
         if not cfg.data:
             raise VostoolError("stage 'video' trains on DAVIS-layout videos: give --data")
         videos = DavisClips(cfg.data, size=cfg.size, clip_len=cfg.resolved_clip_len(), max_skip=cfg.max_skip,
-                            exclude=cfg.val_sequences, seed=seed, augment=aug, objects=objects)
+                            exclude=cfg.val_sequences, seed=seed, augment=aug, objects=objects,
+                            short_sides=cfg.multi_scale)
         if not cfg.images or cfg.image_ratio <= 0:
             return videos
         synthetic = SyntheticClips(cfg.images, size=cfg.size, clip_len=cfg.resolved_clip_len(), seed=seed,
@@ -398,63 +403,41 @@ def _hardware(device: torch.device, world: int) -> str:
 
 # -- validation ----------------------------------------------------------------------------------
 def validate(model: VOSModel, cfg: TrainConfig, device: torch.device, precision: str) -> dict[str, Any]:
-    """J&F on the held-out ``val_sequences`` (full sequences of the DAVIS roots), DAVIS protocol:
-    per object, mean over frames 1..N-2 of J and F; then mean over objects."""
-    from vostool.engine.propagator import Propagator, propagate
-    from vostool.train.data import find_sequences, read_ids
-    from vostool.types import Frame
+    """J&F on the held-out ``val_sequences`` (full sequences of the DAVIS roots), computed by
+    ``vostool eval``'s own runner and scorer (:func:`vostool.eval.runner.run_sequences`,
+    :func:`vostool.eval.scoring.score_results`), so that a card's dev J&F is exactly what
+    ``vostool eval davis16 --davis-root ROOT --split train --sequences ... --weights FILE
+    --size S`` prints for the exported file. Sequences whose annotations hold one object
+    (DAVIS-2016's 0/255) are scored as ``davis16`` (binary), others as ``davis17``."""
+    import tempfile
 
-    try:
-        from vostool.eval.metrics import contour_accuracy, region_similarity
-    except Exception:  # pragma: no cover - evaluator not there yet
-        region_similarity, contour_accuracy = _region_similarity, None
+    from vostool.engine.propagator import Propagator
+    from vostool.eval.datasets import SequenceSpec, read_index_png
+    from vostool.eval.runner import run_sequences
+    from vostool.eval.scoring import score_results
+    from vostool.train.data import find_sequences
 
     seqs = find_sequences(cfg.data, names=cfg.val_sequences)
+    n_max = cfg.val_max_frames
+    specs = [SequenceSpec(s.name, s.masks[0].parent, tuple(p.stem for p in s.masks)[:n_max], s.frames[0].parent)
+             for s in seqs]
+    firsts = [set(np.unique(read_index_png(sp.gt_dir / f"{sp.frames[0]}.png")).tolist()) for sp in specs]
+    binary = all(ids <= {0, 1} or ids <= {0, 255} for ids in firsts)
     was_training = model.training
     prop = Propagator(model, device=device, precision=precision, size=cfg.val_size or cfg.size[0],
                       channels_last=cfg.channels_last)
-    per_seq: dict[str, dict[str, float]] = {}
-    js, fs = [], []
-    import cv2
-
     try:
-        for s in seqs:
-            n = len(s.frames) if not cfg.val_max_frames else min(len(s.frames), cfg.val_max_frames)
-            gts = [read_ids(p) for p in s.masks[:n]]
-            first = gts[0].copy()
-            first[first == 255] = 0
-
-            def frames():
-                for i in range(n):
-                    img = cv2.cvtColor(cv2.imread(str(s.frames[i])), cv2.COLOR_BGR2RGB)
-                    yield Frame(index=i, image=img, name=s.frames[i].stem)
-
-            preds = [res.index for _, res in propagate(prop, frames(), first)]
-            ids = [int(v) for v in np.unique(first) if v != 0]
-            sj, sf = [], []
-            for oid in ids:
-                fr = range(1, n - 1) if n > 2 else range(1, n)
-                oj = [region_similarity(gts[i] == oid, preds[i] == oid) for i in fr]
-                sj.append(float(np.mean(oj)) if oj else 1.0)
-                if contour_accuracy is not None:
-                    of = [contour_accuracy(gts[i] == oid, preds[i] == oid) for i in fr]
-                    sf.append(float(np.mean(of)) if of else 1.0)
-            js += sj
-            fs += sf
-            per_seq[s.name] = {"J": float(np.mean(sj)) if sj else float("nan")}
-            if sf:
-                per_seq[s.name]["F"] = float(np.mean(sf))
+        with tempfile.TemporaryDirectory(prefix="vostool-val-") as tmp:
+            run_sequences(specs, tmp, prop, binary=binary, max_frames=n_max)
+            result = score_results(specs, tmp, binary=binary, workers=1)
     finally:
         model.train(was_training)
-    j = float(np.mean(js)) if js else float("nan")
-    f = float(np.mean(fs)) if fs else None
-    # TODO(eval): without vostool.eval.metrics, F is missing and J&F is J alone.
-    return {"J": j, "F": f, "JF": (j + f) / 2 if f is not None else j, "sequences": per_seq}
-
-
-def _region_similarity(gt: np.ndarray, pred: np.ndarray) -> float:
-    union = np.count_nonzero(gt | pred)
-    return 1.0 if union == 0 else np.count_nonzero(gt & pred) / union
+    g = result.global_figures
+    per_seq: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r.sequence for r in result.rows):
+        rows = [r for r in result.rows if r.sequence == name]
+        per_seq[name] = {"J": float(np.mean([r.j_mean for r in rows])), "F": float(np.mean([r.f_mean for r in rows]))}
+    return {"J": float(g["J-Mean"]), "F": float(g["F-Mean"]), "JF": float(g["J&F-Mean"]), "sequences": per_seq}
 
 
 # -- progress ------------------------------------------------------------------------------------
