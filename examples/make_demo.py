@@ -120,6 +120,11 @@ def main() -> None:
         res = score(Path(sys.argv[2]))
         print(f"{sys.argv[2]}: ball (id 1) J {res[1]:.3f}, kite (id 2) J {res[2]:.3f}")
         return
+    if len(sys.argv) > 1:  # --help or a typo must not overwrite the shipped demo
+        print("usage: python examples/make_demo.py            render examples/demo.mp4 and demo_mask.png\n"
+              "       python examples/make_demo.py --score DIR  mean IoU of DIR/masks/*.png per object",
+              file=sys.stderr)
+        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
     rng = np.random.default_rng(7)
     bg = _background(rng)
     n = FPS * SECONDS
