@@ -19,7 +19,9 @@ from typing import Any
 import vostool
 from vostool.errors import VostoolError
 from vostool.models import build_model, load_weights_strict, save_checkpoint
-from vostool.train.loop import config_from_dict, load_run
+from vostool.models.base import VOSModel
+from vostool.train.checkpoint import RunCheckpoint
+from vostool.train.config import TrainConfig
 
 HALF_ABOVE_BYTES = 20 * 2**20
 
@@ -29,35 +31,57 @@ def export_run(src: str | Path, dst: str | Path, fp16: bool | None = None, size:
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".safetensors":
         raise VostoolError(f"export to a .safetensors file, not {dst}")
-    ck = load_run(src)
-    if "model" not in ck or "config" not in ck:
+    ck = RunCheckpoint.load(src)
+    if ck.config is None:
         raise VostoolError(f"{src} is not a vostool training checkpoint")
-    cfg = config_from_dict(ck["config"])
-    mcfg = dict(ck.get("model_config") or {})
-    backbone = mcfg.pop("backbone", cfg.backbone)
-    model = build_model(cfg.model, backbone, pretrained=False, **mcfg)
-    load_weights_strict(model, ck["model"], source=str(src))
+    cfg = ck.config
+    model = _shipped_model(ck, cfg, str(src))
     n_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     half = bool(fp16) if fp16 is not None else n_bytes > HALF_ABOVE_BYTES
     infer_size = int(size or cfg.val_size or cfg.size[0])
-    commands = [c for c in ck.get("commands", []) if c]
+    commands = [c for c in ck.commands if c]
     save_checkpoint(model, dst, half=half, extra={"size": infer_size, "commands": json.dumps(commands)})
-    history = ck.get("val_history") or []
-    last_val = history[-1] if history else None
-    stale = last_val is None or last_val.get("iteration") != ck.get("iteration")
+    card = _card(ck, cfg, model, dst, half, infer_size, commands, _dev_score(ck, cfg, model, infer_size))
+    card["source"] = str(src)
+    card["date"] = time.strftime("%Y-%m-%d")
+    card["vostool_version"] = vostool.__version__
+    card_path = dst.with_suffix(".json")
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(card_path)
+    return card
+
+
+def _shipped_model(ck: RunCheckpoint, cfg: TrainConfig, source: str) -> VOSModel:
+    """The model the run trained, holding its shipped weights (loaded strictly)."""
+    mcfg = dict(ck.model_config)
+    backbone = mcfg.pop("backbone", cfg.backbone)
+    model = build_model(cfg.model, backbone, pretrained=False, **mcfg)
+    load_weights_strict(model, ck.model, source=source)
+    return model
+
+
+def _dev_score(ck: RunCheckpoint, cfg: TrainConfig, model: VOSModel, infer_size: int) -> dict[str, Any] | None:
+    """The run's last validation, or a fresh one when it does not score exactly what ships."""
+    last_val = ck.val_history[-1] if ck.val_history else None
+    stale = last_val is None or last_val.get("iteration") != ck.iteration
     resized = infer_size != int(cfg.val_size or cfg.size[0])
     if cfg.val_sequences and cfg.data and (stale or resized):
         # The run stopped between validations, or the weights ship with another inference
         # size than validation used: score exactly what is shipped, at its size.
         from vostool.engine.device import resolve_device, resolve_precision
-        from vostool.train.loop import validate
+        from vostool.train.validation import validate
 
         device = resolve_device("cpu")
         vcfg = dataclasses.replace(cfg, val_size=infer_size)
-        last_val = dict(validate(model, vcfg, device, resolve_precision("auto", device)),
-                        iteration=int(ck.get("iteration", 0)))
-    best = ck.get("best")
-    card = {
+        last_val = dict(validate(model, vcfg, device, resolve_precision("auto", device)), iteration=ck.iteration)
+    return last_val
+
+
+def _card(ck: RunCheckpoint, cfg: TrainConfig, model: VOSModel, dst: Path, half: bool, infer_size: int,
+          commands: list[str], last_val: dict[str, Any] | None) -> dict[str, Any]:
+    """The card's fields that come from the run (``export_run`` adds source, date, version)."""
+    return {
         "model": cfg.model,
         "backbone": model.config.get("backbone"),
         "config": model.config,
@@ -66,15 +90,15 @@ def export_run(src: str | Path, dst: str | Path, fp16: bool | None = None, size:
         "bytes": dst.stat().st_size,
         "inference_size": infer_size,
         "stage": cfg.stage,
-        "data": ck.get("data"),
+        "data": ck.data,
         "commands": commands,
-        "stages": ck.get("stages", []),
-        "iterations": int(ck.get("iteration", 0)),
-        "total_iterations": sum(int(s.get("iterations", 0)) for s in ck.get("stages", [])) or None,
-        "wall_time_s": round(float(ck.get("elapsed", 0.0)), 1),
-        "total_wall_time_s": round(sum(float(s.get("wall_s", 0.0)) for s in ck.get("stages", [])), 1) or None,
-        "hardware": ck.get("hardware"),
-        "precision": ck.get("precision"),
+        "stages": ck.stages,
+        "iterations": ck.iteration,
+        "total_iterations": sum(int(s.get("iterations", 0)) for s in ck.stages) or None,
+        "wall_time_s": round(ck.elapsed, 1),
+        "total_wall_time_s": round(sum(float(s.get("wall_s", 0.0)) for s in ck.stages), 1) or None,
+        "hardware": ck.hardware,
+        "precision": ck.precision,
         "dev_split": {
             "sequences": cfg.val_sequences,
             "size": infer_size,
@@ -82,14 +106,6 @@ def export_run(src: str | Path, dst: str | Path, fp16: bool | None = None, size:
             "J": None if last_val is None else last_val["J"],
             "F": None if last_val is None else last_val["F"],
             "iteration": None if last_val is None else last_val.get("iteration"),
-            "best": best,
+            "best": ck.best,
         },
-        "source": str(src),
-        "date": time.strftime("%Y-%m-%d"),
-        "vostool_version": vostool.__version__,
     }
-    card_path = dst.with_suffix(".json")
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    tmp.replace(card_path)
-    return card

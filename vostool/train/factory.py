@@ -1,0 +1,84 @@
+"""What a run trains: its model (built, or started from a previous stage's weights) and its
+clips (:func:`build_dataset`: synthetic, DAVIS-layout or both mixed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vostool.errors import VostoolError
+from vostool.models import build_model, get_spec, load_weights_strict, read_checkpoint
+from vostool.models.base import VOSModel
+from vostool.train.checkpoint import RunCheckpoint
+from vostool.train.config import STAGES, TrainConfig
+from vostool.train.data import Augment, DavisClips, MixedClips, SyntheticClips
+
+
+def objects_per_sample(cfg: TrainConfig) -> int:
+    """Objects per training sample: ``cfg.objects``, or by default 2 for one-shot models
+    that decode the objects of a frame jointly (``uses_soft_aggregation = False``: RVOS's
+    spatial recurrence, object i reads object i-1's state, which one object per sample
+    never trains) and 1 for the others (independent objects, merged by soft aggregation)."""
+    joint = not get_spec(cfg.model).cls.uses_soft_aggregation
+    if cfg.objects < 0:
+        raise VostoolError(f"--objects must be at least 1, got {cfg.objects}")
+    if cfg.objects > 1 and (not joint or cfg.zero_shot):
+        raise VostoolError(f"--objects {cfg.objects}: only one-shot models that decode objects jointly (rvos) "
+                           f"train on several objects per sample; '{cfg.model}' takes one")
+    if cfg.objects:
+        return int(cfg.objects)
+    return 2 if joint and not cfg.zero_shot else 1
+
+
+def build_dataset(cfg: TrainConfig, rank: int = 0) -> torch.utils.data.Dataset:
+    """The run's clips; item ``i`` is a pure function of (seed, stage, i)."""
+    aug = dataclasses.replace(Augment(), **{k: (tuple(v) if k == "scale" else v) for k, v in cfg.augment.items()})
+    seed = cfg.seed * 1000 + (0 if cfg.stage == "pretrain" else 1)
+    objects = objects_per_sample(cfg)
+    if cfg.stage == "pretrain":
+        if not cfg.images:
+            raise VostoolError("stage 'pretrain' trains on synthetic clips from still images: give --images")
+        return SyntheticClips(cfg.images, size=cfg.size, clip_len=cfg.resolved_clip_len(), seed=seed,
+                              augment=aug, max_objects=max(cfg.max_objects, objects),
+                              return_ids=cfg.zero_shot or objects > 1)
+    if cfg.stage == "video":
+        if not cfg.data:
+            raise VostoolError("stage 'video' trains on DAVIS-layout videos: give --data")
+        videos = DavisClips(cfg.data, size=cfg.size, clip_len=cfg.resolved_clip_len(), max_skip=cfg.max_skip,
+                            exclude=cfg.val_sequences, seed=seed, augment=aug, objects=objects,
+                            short_sides=cfg.multi_scale)
+        if not cfg.images or cfg.image_ratio <= 0:
+            return videos
+        synthetic = SyntheticClips(cfg.images, size=cfg.size, clip_len=cfg.resolved_clip_len(), seed=seed,
+                                   augment=aug, max_objects=max(cfg.max_objects, objects), return_ids=objects > 1)
+        return MixedClips(videos, synthetic, p_synthetic=cfg.image_ratio, seed=seed)
+    raise VostoolError(f"unknown stage '{cfg.stage}'; choose one of: {', '.join(STAGES)}")
+
+
+def build_train_model(cfg: TrainConfig) -> VOSModel:
+    """The registry's model for ``cfg`` (ImageNet backbone weights only for a fresh run)."""
+    # zero-shot: the checkpoint records the slots it is trained with (the engine's default)
+    extra = {"slots": cfg.slots} if cfg.zero_shot and get_spec(cfg.model).cls.supports_zero_shot else {}
+    return build_model(cfg.model, cfg.backbone, pretrained=cfg.pretrained and not cfg.init and not cfg.resume,
+                       **extra)
+
+
+def load_init_weights(model: VOSModel, path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Load a previous stage's weights strictly; returns the commands and stage records
+    that made them."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state, meta = read_checkpoint(path)
+        if meta.get("model", model.name) != model.name:
+            raise VostoolError(f"{path} holds weights for model '{meta['model']}', not '{model.name}'")
+        load_weights_strict(model, state, source=str(path))
+        return json.loads(meta.get("commands", "[]")), []
+    ck = RunCheckpoint.load(path)
+    if ck.config is not None and ck.config.model != model.name:
+        raise VostoolError(f"{path} holds weights for model '{ck.config.model}', not '{model.name}'")
+    load_weights_strict(model, ck.model, source=str(path))
+    return list(ck.commands), list(ck.stages)
