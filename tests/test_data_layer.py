@@ -243,6 +243,21 @@ def test_data_layer_imports_without_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_old_names_still_import():
+    from vostool.eval import read_index_png
+    from vostool.eval.datasets import VOID_ID as EVAL_VOID
+    from vostool.eval.datasets import SequenceSpec as EvalSpec
+    from vostool.io import IMAGE_EXTS as IO_EXTS
+    from vostool.io import natural_key as io_key
+    from vostool.io.masks import VOID_ID as IO_VOID
+    from vostool.train.data import IMAGE_EXTS as TRAIN_EXTS
+    from vostool.train.data import read_ids, read_rgb
+
+    assert read_index_png is read_index_mask and EvalSpec is SequenceSpec and io_key is natural_key
+    assert EVAL_VOID == IO_VOID == VOID_ID and IO_EXTS is TRAIN_EXTS is IMAGE_EXTS
+    assert callable(read_ids) and callable(read_rgb)
+
+
 # -- DAVIS layout --------------------------------------------------------------------------
 def _davis_root(root: Path, names=("bear", "cows", "dog"), frames=4, year_dirs=("480p",)) -> Path:
     for name in names:
