@@ -22,7 +22,7 @@ def input_stem(path: Path) -> str:
 def mask_for(mask_dir: Path, stem: str) -> Path | None:
     """``DIR/<stem>.png``, or the first PNG (natural order) of ``DIR/<stem>/`` (the DAVIS
     ``Annotations`` layout); None if neither exists."""
-    from vostool.io.video import natural_key
+    from vostool.data.files import natural_key
 
     for ext in MASK_EXTS:
         if (mask_dir / f"{stem}{ext}").is_file():

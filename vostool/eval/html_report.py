@@ -25,15 +25,16 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vostool.data.davis import SequenceSpec
+from vostool.data.files import IMAGE_EXTS, read_frame
+from vostool.data.masks import read_index_mask, without_void
 from vostool.errors import VostoolError
-from vostool.eval.datasets import VOID_ID, SequenceSpec, read_index_png
 from vostool.eval.scoring import GLOBAL_COLUMNS, EvalResult, SequenceScore
 
 REPORT_NAME = "report.html"
 STRIP_DIR = "strips"
 STRIP_FRAMES = 5
 THUMB_HEIGHT = 160
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _color(value: float) -> str:
@@ -120,23 +121,22 @@ def curve_svg(score: SequenceScore, width: int = 320, height: int = 110) -> str:
 def _frame_image(spec: SequenceSpec, frame: str, shape: tuple[int, int]) -> np.ndarray:
     """H x W x 3 uint8 RGB of one frame, or grey when the frames are not known."""
     if spec.image_dir is not None:
-        for suffix in IMAGE_SUFFIXES:
+        for suffix in IMAGE_EXTS:
             path = spec.image_dir / f"{frame}{suffix}"
             if path.is_file():
                 try:
-                    with Image.open(path) as im:
-                        rgb = np.array(im.convert("RGB"))
-                    if rgb.shape[:2] == shape:
-                        return rgb
-                except OSError:
+                    rgb = read_frame(path)
+                except VostoolError:  # a picture of the masks is still worth drawing
                     break
+                if rgb.shape[:2] == shape:
+                    return rgb
     return np.full((*shape, 3), 96, np.uint8)
 
 
 def _ids_for_display(mask: np.ndarray, binary: bool) -> np.ndarray:
     if binary:  # DAVIS-2016 and --binary: any non-zero id (255 included) is the object
         return (mask != 0).astype(np.uint8)
-    mask = np.where(mask == VOID_ID, 0, mask) if mask.dtype == np.uint8 else mask
+    mask = without_void(mask) if mask.dtype == np.uint8 else mask
     return mask.astype(np.uint8) if mask.max(initial=0) <= 255 else mask.astype(np.uint16)
 
 
@@ -175,9 +175,9 @@ def write_strip(
     columns = []
     for pos in strip_frames(score):
         frame = score.frames[pos]
-        gt = read_index_png(spec.gt_dir / f"{frame}.png", "ground truth")
+        gt = read_index_mask(spec.mask_path(frame), "ground truth")
         pred_path = results_dir / spec.name / f"{frame}.png"
-        pred = read_index_png(pred_path, "result") if pred_path.is_file() else np.zeros_like(gt)
+        pred = read_index_mask(pred_path, "result") if pred_path.is_file() else np.zeros_like(gt)
         if pred.shape != gt.shape:
             raise VostoolError(f"result {pred_path} is {pred.shape[1]}x{pred.shape[0]}, ground truth "
                                f"{gt.shape[1]}x{gt.shape[0]}")

@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from PIL import Image
 
+from vostool.data.davis import SequenceSpec
+from vostool.data.files import read_frame
+from vostool.data.masks import read_index_mask, without_void
 from vostool.errors import VostoolError
 
 if TYPE_CHECKING:
     from vostool.engine.adapt import AdaptConfig
-from vostool.eval.datasets import VOID_ID, SequenceSpec, frame_key, read_index_png
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class PropagatorLike(Protocol):
@@ -88,19 +87,11 @@ def build_propagator(
     return Propagator(net, device=device, precision=precision, size=size, adapt=adaptation)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns otherwise
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise VostoolError(f"cannot read frame {path}: {exc}") from None
-
-
 def _frame_paths(spec: SequenceSpec) -> list[Path]:
+    """Every frame image from the first annotated one on (annotated or not)."""
     if spec.image_dir is None or not spec.image_dir.is_dir():
         raise VostoolError(f"no frames for sequence {spec.name}: {spec.image_dir} is not a folder")
-    paths = sorted((p for p in spec.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=lambda p: frame_key(p.stem))
+    paths = spec.image_files()
     stems = [p.stem for p in paths]
     if spec.frames[0] not in stems:
         raise VostoolError(
@@ -114,10 +105,10 @@ def _frame_paths(spec: SequenceSpec) -> list[Path]:
 
 
 def _first_mask(spec: SequenceSpec, binary: bool) -> np.ndarray:
-    mask = read_index_png(spec.gt_dir / f"{spec.frames[0]}.png", "ground truth")
+    mask = read_index_mask(spec.mask_path(spec.frames[0]), "ground truth")
     if binary:
         return (mask != 0).astype(np.uint8)
-    mask = np.where(mask == VOID_ID, 0, mask)
+    mask = without_void(mask)
     return mask.astype(np.uint8) if mask.max() <= 255 else mask
 
 
@@ -168,7 +159,7 @@ def run_sequences(
             except OSError as exc:
                 raise VostoolError(f"cannot create {seq_out}: {exc}") from None
             for t, path in enumerate(paths):
-                image = _read_rgb(path)
+                image = read_frame(path)
                 if image.shape[:2] != mask.shape:
                     raise VostoolError(
                         f"frame {path} is {image.shape[1]}x{image.shape[0]} but the first mask "

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from vostool.errors import VostoolError
-from vostool.eval.datasets import VOID_ID, SequenceSpec, list_frames, read_index_png
+from vostool.data.davis import SequenceSpec, list_frames
+from vostool.data.masks import read_index_mask, without_void
 from vostool.eval.metrics import (
     BOUND_TH,
     _contour_accuracy,
@@ -144,11 +145,11 @@ def score_sequence(
             f"sequence {name} has {len(frames)} frame(s); at least 3 are needed "
             "(the first and last frames are not scored)"
         )
-    first = read_index_png(gt_dir / f"{frames[0]}.png", "ground truth")
+    first = read_index_mask(gt_dir / f"{frames[0]}.png", "ground truth")
     if binary:
         n_objects = 1
     else:
-        first = np.where(first == VOID_ID, 0, first)
+        first = without_void(first)
         n_objects = int(first.max())
         if n_objects == 0:
             raise VostoolError(
@@ -165,7 +166,7 @@ def score_sequence(
     f = np.empty((n_objects, len(scored)), np.float64)
     for t, frame in enumerate(scored):
         gt_path = gt_dir / f"{frame}.png"
-        gt = read_index_png(gt_path, "ground truth")
+        gt = read_index_mask(gt_path, "ground truth")
         if gt.shape != first.shape:
             raise VostoolError(
                 f"ground truth {gt_path} is {gt.shape[1]}x{gt.shape[0]} but the first frame of "
@@ -176,7 +177,7 @@ def score_sequence(
             raise VostoolError(
                 f"results for sequence {name} miss frame {frame}: {pred_path} not found"
             )
-        pred = read_index_png(pred_path, "result")
+        pred = read_index_mask(pred_path, "result")
         if pred.shape != gt.shape:
             raise VostoolError(
                 f"result {pred_path} is {pred.shape[1]}x{pred.shape[0]} but the ground truth "

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vostool.data.masks import VOID_ID, decode_mask, without_void
 from vostool.errors import VostoolError
 
 
@@ -36,7 +37,6 @@ def _davis_palette() -> bytes:
 DAVIS_PALETTE: bytes = _davis_palette()
 #: The palette as a 256 x 3 uint8 array.
 PALETTE_RGB: np.ndarray = np.frombuffer(DAVIS_PALETTE, np.uint8).reshape(256, 3)
-VOID_ID = 255  # DAVIS "void" (ignored) label in palette masks
 MAX_GREY_IDS = 64  # more distinct grey levels than this looks like a soft mask, not ids
 MAX_COLOUR_IDS = 64  # more distinct colours than this looks like anti-aliased edges, not objects
 LOSSY_FORMATS = ("JPEG", "MPO")  # formats whose compression invents colours at every edge
@@ -193,21 +193,18 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> MaskInfo
                     "colours, each of which would become an object); save the mask as PNG"
                 )
             img.load()
-            mode = img.mode
-            if mode == "P":
-                ids = np.array(img, np.uint8)
-                ids[ids == VOID_ID] = 0
-            elif mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L"):
-                arr = np.array(img.getchannel(0) if mode == "LA" else img)
-                if mode == "LA":
-                    arr[np.array(img.getchannel("A")) == 0] = 0
-                ids = _grey_ids(arr, path, mode in ("L", "LA"), warnings)
-            else:
-                has_alpha = "A" in img.getbands() or "transparency" in img.info
-                rgba = np.array(img.convert("RGBA" if has_alpha else "RGB"))
-                ids = _color_ids(rgba[..., :3], rgba[..., 3] > 0 if has_alpha else None, path)
+            pixels = decode_mask(img, colour="rgb")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise VostoolError(f"{path}: cannot read mask image ({exc})") from None
+    if pixels.mode == "P":
+        ids = without_void(pixels.ids).astype(np.uint8)
+    elif pixels.ids is not None:
+        arr = pixels.ids
+        if pixels.opaque is not None:  # greyscale+alpha: transparent is background
+            arr[~pixels.opaque] = 0
+        ids = _grey_ids(arr, path, pixels.mode in ("L", "LA"), warnings)
+    else:
+        ids = _color_ids(pixels.rgb, pixels.opaque, path)
     original = (ids.shape[1], ids.shape[0])
     resized = size is not None and tuple(size) != original
     if resized:

@@ -8,7 +8,6 @@ at most a handful of frames are alive at any time.
 from __future__ import annotations
 
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -19,25 +18,18 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vostool.data.files import (  # noqa: F401  (IMAGE_EXTS, natural_key: re-exported by vostool.io)
+    IMAGE_EXTS, list_images, natural_key, read_frame,
+)
 from vostool.errors import VostoolError
 from vostool.interrupts import block_signals_in_thread
 from vostool.types import Frame
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 VIDEO_EXTS = frozenset(
     {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".gif"}
 )
 DEFAULT_FOLDER_FPS = 24.0
 PREFETCH_FRAMES = 4
-
-
-def natural_key(name: str) -> list[Any]:
-    """Sort key that orders embedded numbers by value: ``f2.png`` < ``f10.png``."""
-    return [(0, int(t), t) if t.isdigit() else (1, t.lower(), t) for t in re.split(r"(\d+)", name)]
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
 
 
 def _is_video(path: Path) -> bool:
@@ -183,7 +175,7 @@ class ImageFolderSource(FrameSource):
     def __init__(self, path: Path, fps: float | None = None) -> None:
         super().__init__()
         self.path, self.is_video, self.has_audio, self.stem = path, False, False, output_stem(path)
-        self.files = _sorted_files(path, _is_image)
+        self.files = list_images(path)
         if not self.files:
             raise VostoolError(f"{path}: folder has no images ({', '.join(sorted(IMAGE_EXTS))})")
         check_frame_names(self.files, path)
@@ -205,25 +197,13 @@ class ImageFolderSource(FrameSource):
 
     def _frames(self) -> Iterator[Frame]:
         for index, file in enumerate(self.files):
-            try:
-                with self._open(file) as img:
-                    image = _to_rgb(img)
-            except OSError as exc:
-                raise VostoolError(f"{file}: cannot read image ({exc})") from None
+            image = read_frame(file)
             if image.shape[:2] != (self.height, self.width):
                 raise VostoolError(
                     f"{file}: image is {image.shape[1]}x{image.shape[0]}, "
                     f"but the first frame is {self.width}x{self.height}"
                 )
             yield Frame(index, image, index, self.time_base, file.stem)
-
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """H x W x 3 uint8 RGB from any PIL image (16-bit greyscale scaled to 8 bits)."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L"):
-        grey = (np.array(img).astype(np.uint32) // 257).clip(0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    return np.array(img.convert("RGB"))
 
 
 class VideoSource(FrameSource):
@@ -333,7 +313,7 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
         path = Path(raw)
         if not path.exists():
             raise VostoolError(f"{path}: no such file or folder")
-        if path.is_dir() and not _sorted_files(path, _is_image):
+        if path.is_dir() and not list_images(path):
             videos = _sorted_files(path, _is_video)
             if videos:
                 result.extend(videos)
@@ -381,4 +361,4 @@ def check_output_names(paths: list[Path], dests: list[Path]) -> None:
         seen[key] = path
     for path in paths:
         if Path(path).is_dir():
-            check_frame_names(_sorted_files(Path(path), _is_image), Path(path))
+            check_frame_names(list_images(path), Path(path))

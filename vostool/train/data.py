@@ -18,6 +18,10 @@ return_ids=True)``: models that decode the objects of a frame jointly, RVOS).
 random affine/colour transforms (a static scene seen by a moving camera); strategy 2 pastes
 one or more objects over another image's background, moving each on its own path, and
 simulates occlusion by pasting the background image's own object (or a random patch) on top.
+
+Files are found and read by the data layer that ``vostool eval`` uses too: the DAVIS layout
+(:mod:`vostool.data.davis`), frames (:func:`vostool.data.files.read_frame`) and masks
+(:func:`vostool.data.masks.read_index_mask`).
 """
 
 from __future__ import annotations
@@ -29,130 +33,57 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
+from vostool.data.davis import SequenceSpec, annotated_sequences
+from vostool.data.davis import train_sequence_names as davis_sequence_names  # noqa: F401
+from vostool.data.files import IMAGE_EXTS, is_image_file, read_frame, resize_short  # noqa: F401
+from vostool.data.masks import VOID_ID, read_index_mask
 from vostool.data.synth import (  # noqa: F401  (re-exported: one copy, shared with --adapt)
     Augment, affine_matrix, colour_jitter, denormalise, random_path, still_clip, to_tensors, warp,
 )
 from vostool.errors import VostoolError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-IGNORE = 255
+IGNORE = VOID_ID  # DAVIS's void pixels are left out of the loss
 
 
-
-# -- reading ---------------------------------------------------------------------------
+# -- reading (the data layer's readers, as training reads them) -------------------------------
 def read_rgb(path: Path, short_side: int | None = None) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise VostoolError(f"cannot read image {path}")
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return resize_short(img, short_side, nearest=False)
+    """H x W x 3 uint8 RGB, the shorter side resized to ``short_side`` (area / bilinear)."""
+    return read_frame(path, short_side)
 
 
 def read_ids(path: Path, short_side: int | None = None) -> np.ndarray:
     """Read a mask as object ids (uint8): palette PNGs give their indices (255 = void),
-    binary 0/255 greyscale masks give {0, 1}."""
-    try:
-        with Image.open(path) as im:
-            if im.mode == "P":
-                arr = np.array(im)
-            else:
-                arr = np.array(im.convert("L"))
-                vals = np.unique(arr)
-                if vals.max(initial=0) > 1 and not set(vals.tolist()) <= set(range(0, 32)) | {255}:
-                    arr = (arr > 127).astype(np.uint8)
-                elif set(vals.tolist()) <= {0, 255}:
-                    arr = (arr > 127).astype(np.uint8)
-    except OSError as exc:
-        raise VostoolError(f"cannot read mask {path}: {exc}") from None
-    return resize_short(arr.astype(np.uint8), short_side, nearest=True)
-
-
-def resize_short(img: np.ndarray, short_side: int | None, nearest: bool) -> np.ndarray:
-    if not short_side:
-        return img
-    h, w = img.shape[:2]
-    r = short_side / min(h, w)
-    if abs(r - 1) < 1e-6:
-        return img
-    size = (max(1, round(w * r)), max(1, round(h * r)))
-    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
-    return cv2.resize(img, size, interpolation=interp)
+    binary 0/255 greyscale masks give {0, 1} (see :func:`vostool.data.masks.binarised_grey`)."""
+    return read_index_mask(path, binarise_grey=True, short_side=short_side)
 
 
 # -- DAVIS-layout video clips ---------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class Sequence_:
-    root: Path
-    name: str
-    frames: list[Path]
-    masks: list[Path]
+    """A training sequence as lists of files, for callers written against it
+    (:func:`vostool.train.loop.validate`); the data layer describes it as ``spec``."""
 
+    spec: SequenceSpec
 
-def _resolution_dir(root: Path, kind: str) -> Path:
-    base = root / kind
-    if (base / "480p").is_dir():
-        return base / "480p"
-    subs = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-    # DAVIS: JPEGImages/<resolution>/<seq>; a converted set may put sequences directly there.
-    if subs and all(not any(q.is_dir() for q in s.iterdir()) for s in subs[:1]):
-        return base
-    if subs:
-        return subs[0]
-    raise VostoolError(f"{root} is not a DAVIS-layout folder (no {kind}/480p/<sequence>/)")
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
+    @property
+    def frames(self) -> list[Path]:
+        return self.spec.annotated_images()
 
-def davis_sequence_names(root: Path) -> list[str]:
-    """Training sequences of a DAVIS-layout root: ``ImageSets/*/train.txt`` if present,
-    else every folder under ``JPEGImages/480p``."""
-    for cand in ("ImageSets/480p/train.txt", "ImageSets/2017/train.txt", "ImageSets/2016/train.txt",
-                 "ImageSets/train.txt"):
-        p = root / cand
-        if p.is_file():
-            names = []
-            for line in p.read_text().splitlines():
-                line = line.strip()
-                if not line:
-                    continue
-                # DAVIS-2016 lists "/JPEGImages/480p/bear/00000.jpg /Annotations/..." lines.
-                first = line.split()[0]
-                name = first.split("/")[-2] if "/" in first else first
-                if name not in names:
-                    names.append(name)
-            return names
-    img_dir = _resolution_dir(root, "JPEGImages")
-    return sorted(p.name for p in img_dir.iterdir() if p.is_dir())
+    @property
+    def masks(self) -> list[Path]:
+        return [self.spec.mask_path(f) for f in self.spec.frames]
 
 
 def find_sequences(roots: Sequence[str | Path], names: Sequence[str] | None = None,
                    exclude: Sequence[str] = ()) -> list[Sequence_]:
-    """Sequences (frames that have an annotation) of several DAVIS-layout roots."""
-    out: list[Sequence_] = []
-    wanted = set(names) if names is not None else None
-    found: set[str] = set()
-    for r in roots:
-        root = Path(r)
-        if not root.is_dir():
-            raise VostoolError(f"data folder {root} not found")
-        img_dir = _resolution_dir(root, "JPEGImages")
-        ann_dir = _resolution_dir(root, "Annotations")
-        seq_names = sorted(wanted) if wanted is not None else davis_sequence_names(root)
-        for name in seq_names:
-            if name in exclude or not (img_dir / name).is_dir():
-                continue
-            anns = {p.stem: p for p in (ann_dir / name).glob("*.png")}
-            frames = sorted(p for p in (img_dir / name).iterdir() if p.suffix.lower() in IMAGE_EXTS)
-            frames = [p for p in frames if p.stem in anns]
-            if len(frames) < 2:
-                continue
-            out.append(Sequence_(root, name, frames, [anns[p.stem] for p in frames]))
-            found.add(name)
-    if wanted is not None:
-        missing = sorted(wanted - found)
-        if missing:
-            raise VostoolError(f"sequence(s) not found in {', '.join(map(str, roots))}: {', '.join(missing)}")
-    return out
+    """Sequences (frames that have an annotation) of several DAVIS-layout roots
+    (:func:`vostool.data.davis.annotated_sequences`) as file lists."""
+    return [Sequence_(s) for s in annotated_sequences(roots, names, exclude)]
 
 
 class DavisClips(torch.utils.data.Dataset):
@@ -195,7 +126,7 @@ class DavisClips(torch.utils.data.Dataset):
             raise VostoolError(f"multi-scale short sides must satisfy 0 < lo <= hi, got {short_sides}")
         self.short_side = (self.short_sides[1] if self.short_sides
                            else max(self.size[0], round(min(self.size) * cache_scale)))
-        self.sequences = find_sequences(roots, sequences, exclude)
+        self.sequences = annotated_sequences(roots, sequences, exclude)
         if not self.sequences:
             raise VostoolError(f"no training sequences with annotations in {', '.join(map(str, roots))}")
         self._cache: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
@@ -210,8 +141,8 @@ class DavisClips(torch.utils.data.Dataset):
     def _load(self, i: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if i not in self._cache:
             s = self.sequences[i]
-            imgs = [read_rgb(p, self.short_side) for p in s.frames]
-            masks = [read_ids(p, self.short_side) for p in s.masks]
+            imgs = [read_rgb(p, self.short_side) for p in s.annotated_images()]
+            masks = [read_ids(s.mask_path(f), self.short_side) for f in s.frames]
             for k, (a, b) in enumerate(zip(imgs, masks)):
                 if a.shape[:2] != b.shape:
                     masks[k] = cv2.resize(b, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -358,9 +289,10 @@ def find_image_pairs(roots: Sequence[str | Path]) -> list[tuple[Path, Path]]:
         img_dir, mask_dir = root / "images", root / "masks"
         if not img_dir.is_dir() or not mask_dir.is_dir():
             raise VostoolError(f"{root} is not an image set with masks (expected {root}/images and {root}/masks)")
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+        masks = {p.stem: p for p in mask_dir.iterdir() if is_image_file(p)}
+        # Sorted by name, not naturally: the seed draws images by their index in this list.
         for p in sorted(img_dir.iterdir()):
-            if p.suffix.lower() in IMAGE_EXTS and p.stem in masks:
+            if is_image_file(p) and p.stem in masks:
                 pairs.append((p, masks[p.stem]))
     if not pairs:
         raise VostoolError(f"no images with masks in {', '.join(map(str, roots))}")
@@ -578,7 +510,7 @@ class MixedClips(torch.utils.data.Dataset):
         self.seed = int(seed)
 
     @property
-    def sequences(self) -> list["Sequence_"]:
+    def sequences(self) -> list[SequenceSpec]:
         return self.videos.sequences
 
     @property
