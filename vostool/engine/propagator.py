@@ -434,8 +434,10 @@ class Propagator:
                 torch.set_num_threads(most)
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed frame size: autotune once
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+        info = model.weights_info  # the checkpoint's normalisation; ImageNet's without one
+        mean, std = (info.mean, info.std) if info is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
         self.object_ids: list[int] = []
         self._lanes: list[_Lane] = []
         #: the base geometry (scale 1.0): scales are averaged, merged and fed back from here
