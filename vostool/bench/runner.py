@@ -494,8 +494,8 @@ def _time_model(
             trunk.sample(timer)
     share = model.propagation_share()
     used, n_threads, threads_mode = _threads_used(gov, used0, dev)
-    padded = (prop._lanes[0].ph, prop._lanes[0].pw)
-    internal = (prop._lanes[0].h, prop._lanes[0].w)
+    geometry = prop.geometry
+    internal, padded = geometry.internal, geometry.padded
     best = trunk.best() if trunk is not None else None
     if trunk is None:
         peak = max(peak, memory.peak_mb(dev))

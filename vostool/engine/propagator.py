@@ -38,8 +38,9 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -58,7 +59,7 @@ from vostool.models.blocks import soft_aggregate
 from vostool.types import Frame, FrameResult
 
 
-__all__ = ["Propagator", "propagate", "fold_batchnorm"]  # fold_batchnorm: moved to fastpath, kept here
+__all__ = ["Geometry", "Propagator", "ScaleGeometry", "propagate", "fold_batchnorm"]  # fold_batchnorm: moved to fastpath, kept here
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -87,6 +88,46 @@ class _Lane:
     state: State | None = None
     image: torch.Tensor | None = None
     feats: Features | None = None
+
+
+@dataclass(frozen=True)
+class ScaleGeometry:
+    """One input scale of the running video: the frame resized to ``h x w`` (shorter side
+    ``size * scale``), padded to ``ph x pw`` (multiples of the model's stride)."""
+
+    scale: float
+    h: int
+    w: int
+    ph: int
+    pw: int
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A read-only view of the running video's geometry (:attr:`Propagator.geometry`).
+
+    source: ``(H, W)`` of the frames. base: scale 1.0, where the scales' probabilities are
+    averaged and merged and the result comes from (whether or not 1.0 is in ``scales``).
+    scales: one per input scale, in the order of ``Propagator.scales``. object_ids: the
+    objects now tracked (rows of the states, in order). union_row: the states hold one
+    more last row, the objects' union (models with ``background_from_union``).
+    """
+
+    source: tuple[int, int]
+    base: ScaleGeometry
+    scales: tuple[ScaleGeometry, ...]
+    object_ids: tuple[int, ...]
+    union_row: bool
+
+    @property
+    def internal(self) -> tuple[int, int]:
+        """``(h, w)`` the first scale runs at (before padding)."""
+        return self.scales[0].h, self.scales[0].w
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """``(ph, pw)`` the first scale's input to the model has (after padding)."""
+        return self.scales[0].ph, self.scales[0].pw
 
 
 class Propagator:
@@ -172,6 +213,26 @@ class Propagator:
         self._fast: FastBackbones | None = None
         if fold_batchnorm or self.backend == "onnxruntime":
             self._fast = inference_copies(self.model, self.device, self.precision, self.channels_last, self.backend)
+
+    @property
+    def geometry(self) -> Geometry | None:
+        """The running video's sizes, scales and objects (None before :meth:`start`)."""
+        if self._src is None:
+            return None
+
+        def view(lane: _Lane, scale: float) -> ScaleGeometry:
+            return ScaleGeometry(scale, lane.h, lane.w, lane.ph, lane.pw)
+
+        return Geometry(self._src, view(self._base, 1.0),
+                        tuple(view(lane, s) for lane, s in zip(self._lanes, self.scales)),
+                        tuple(self.object_ids), self._union)
+
+    @property
+    def states(self) -> tuple[Mapping[str, torch.Tensor], ...]:
+        """The model's state at each input scale (order of ``scales``), read-only: each
+        tensor has the objects (and the union row, :attr:`Geometry.union_row`) first and
+        is the engine's own, not a copy. Empty before :meth:`start`."""
+        return tuple(MappingProxyType(lane.state if lane.state is not None else {}) for lane in self._lanes)
 
     @property
     def inference_path(self) -> str:
