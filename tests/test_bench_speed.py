@@ -132,6 +132,30 @@ def test_cpu_configuration():
     assert configure_cpu() >= 1
 
 
+def test_configure_torch_is_where_the_process_settings_are_made(monkeypatch):
+    """The engine's process-wide torch settings (threads, denormals, cuDNN autotuning) are
+    made by one function, device.configure_torch, which the Propagator calls."""
+    import pytest
+
+    from vostool.engine.device import ThreadGovernor, configure_torch
+    from vostool.errors import VostoolError
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("VOSTOOL_THREADS", raising=False)
+        assert configure_torch(torch.device("cpu"), threads=1) is None and torch.get_num_threads() == 1
+        with pytest.raises(VostoolError, match="at least 1"):
+            configure_torch(torch.device("cpu"), threads=0)
+        gov = configure_torch(torch.device("cpu"))
+        assert (gov is None) == (configure_cpu() == 1)
+        assert gov is None or (isinstance(gov, ThreadGovernor) and gov.max == configure_cpu())
+        monkeypatch.setenv("VOSTOOL_THREADS", "1")  # a fixed count: no governor
+        assert configure_torch(torch.device("cpu")) is None
+        assert configure_torch(torch.device("meta")) is None  # other devices: nothing to set
+    finally:
+        torch.set_num_threads(before)
+
+
 def _simulate(gov, cost, frames):
     seen = []
     for i in range(frames):

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from vostool.engine.device import (
-    ThreadGovernor, autocast, configure_cpu, device_name, resolve_device, resolve_precision, threads_fixed,
+    ThreadGovernor, autocast, configure_torch, device_name, resolve_device, resolve_precision,
 )
 from vostool.engine.adapt import Adaptation
 from vostool.engine.fastpath import FastBackbones, fold_batchnorm, inference_copies
@@ -148,7 +148,8 @@ class Propagator:
         threads: CPU intra-op threads. None: adaptive (:class:`ThreadGovernor`: the
             fastest of all cores / fewer on a CPU shared with other work, applied during
             each ``step`` only), unless ``$VOSTOOL_THREADS`` fixes the count. A number
-            sets torch's thread count to it.
+            sets torch's thread count to it (process-wide settings: all made by
+            :func:`~vostool.engine.device.configure_torch`).
         backend: what runs the backbones: ``auto|torch|onnxruntime`` (see
             :func:`vostool.engine.backends.resolve_backend`; auto: ONNX Runtime for fp32
             on the CPU when it is installed).
@@ -183,19 +184,7 @@ class Propagator:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         #: adapts the CPU thread count frame by frame (None: fixed or not on the CPU)
-        self.governor: ThreadGovernor | None = None
-        if self.device.type == "cpu":
-            most = configure_cpu()
-            if threads is not None:
-                if threads < 1:
-                    raise VostoolError("threads must be at least 1")
-                torch.set_num_threads(int(threads))
-            elif not threads_fixed() and most > 1:
-                self.governor = ThreadGovernor(most)
-            else:
-                torch.set_num_threads(most)
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed frame size: autotune once
+        self.governor: ThreadGovernor | None = configure_torch(self.device, threads)
         info = model.weights_info  # the checkpoint's normalisation; ImageNet's without one
         mean, std = (info.mean, info.std) if info is not None else (IMAGENET_MEAN, IMAGENET_STD)
         self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
