@@ -284,7 +284,7 @@ class _Compiled:
 
     METHODS = ("encode", "predict", "update")
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: VOSModel) -> None:
         self.model = model
         self.patched: list[str] = []
         self._freezing: Any = None
@@ -297,11 +297,9 @@ class _Compiled:
             inductor_config.freezing = True
         except Exception:  # pragma: no cover - torch without inductor
             self._freezing = None
-        for m in self.METHODS:
-            fn = getattr(self.model, m, None)
-            if fn is not None:
-                setattr(self.model, m, torch.compile(fn))
-                self.patched.append(m)
+        for m in self.METHODS:  # every VOSModel has them
+            setattr(self.model, m, torch.compile(getattr(self.model, m)))
+            self.patched.append(m)
         return self
 
     def undo(self) -> None:
