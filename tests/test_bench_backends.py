@@ -109,7 +109,7 @@ def test_onnxruntime_backbones_give_torch_masks(name, backbone):
 def test_onnxruntime_thread_counts_and_channels_last():
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from vostool.engine.propagator import fold_batchnorm
+    from vostool.engine.fastpath import fold_batchnorm
     from vostool.models.backbones import build_backbone
 
     folded = fold_batchnorm(build_backbone("mobilenet_v2").eval())

@@ -9,7 +9,7 @@ import torch
 from vostool.bench.synthetic import SyntheticClip
 from vostool.engine import Propagator
 from vostool.engine.device import available_cpus, configure_cpu
-from vostool.engine.propagator import fold_batchnorm
+from vostool.engine.fastpath import fold_batchnorm
 from vostool.models import build_model
 
 
@@ -42,7 +42,7 @@ def test_fold_batchnorm_matches_and_leaves_the_original():
 
 
 def test_conv_activation_fusion_matches():
-    from vostool.engine.propagator import _ConvAct
+    from vostool.engine.fastpath import _ConvAct
     from vostool.models.backbones import build_backbone
 
     net = build_backbone("mobilenet_v2").eval()
@@ -132,6 +132,30 @@ def test_cpu_configuration():
     assert configure_cpu() >= 1
 
 
+def test_configure_torch_is_where_the_process_settings_are_made(monkeypatch):
+    """The engine's process-wide torch settings (threads, denormals, cuDNN autotuning) are
+    made by one function, device.configure_torch, which the Propagator calls."""
+    import pytest
+
+    from vostool.engine.device import ThreadGovernor, configure_torch
+    from vostool.errors import VostoolError
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("VOSTOOL_THREADS", raising=False)
+        assert configure_torch(torch.device("cpu"), threads=1) is None and torch.get_num_threads() == 1
+        with pytest.raises(VostoolError, match="at least 1"):
+            configure_torch(torch.device("cpu"), threads=0)
+        gov = configure_torch(torch.device("cpu"))
+        assert (gov is None) == (configure_cpu() == 1)
+        assert gov is None or (isinstance(gov, ThreadGovernor) and gov.max == configure_cpu())
+        monkeypatch.setenv("VOSTOOL_THREADS", "1")  # a fixed count: no governor
+        assert configure_torch(torch.device("cpu")) is None
+        assert configure_torch(torch.device("meta")) is None  # other devices: nothing to set
+    finally:
+        torch.set_num_threads(before)
+
+
 def _simulate(gov, cost, frames):
     seen = []
     for i in range(frames):
@@ -194,3 +218,26 @@ def test_winner_is_argmax_with_ties():
         got = Propagator._winner(m)
         assert got.dtype == torch.uint8
         assert torch.equal(got.long(), m.argmax(0)), k
+
+
+def test_fast_path_seam_swaps_copies_in_and_back():
+    """The BatchNorm-folding fast path lives behind one seam (fastpath.inference_copies):
+    the copies are swapped in inside ``swapped()`` only; the model is left as it was."""
+    import vostool.engine.propagator as propagator_module
+    from vostool.engine.fastpath import FastBackbones, inference_copies
+
+    assert propagator_module.fold_batchnorm is fold_batchnorm  # still importable from there
+    model = build_model("crvos").eval()
+    originals = dict(model.named_children())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = inference_copies(model, torch.device("cpu"), "fp32", channels_last=False)
+    assert isinstance(fast, FastBackbones) and fast.slots and fast.describe().startswith("backbones on torch")
+    with fast.swapped():
+        swapped = dict(model.named_children())
+        assert any(swapped[n] is not originals[n] for n in originals)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for _, _, orig in fast.slots
+                       for m in fast.copies[id(orig)][1].modules())
+    assert dict(model.named_children()) == originals
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert inference_copies(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), torch.device("cpu"), "fp32",
+                            channels_last=False) is None  # no Backbone: nothing to swap

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -84,7 +86,7 @@ def test_crvos_two_objects_valid_masks_and_constant_state():
     for frame, r in propagate(prop, (Frame(i, f) for i, f in enumerate(frames)), mask):
         assert r.index.shape == mask.shape
         assert set(np.unique(r.index)) <= {0, 3, 7}
-        sizes.append(sum(t.numel() for t in prop._lanes[0].state.values()))
+        sizes.append(sum(t.numel() for t in prop.states[0].values()))
     assert len(set(sizes)) == 1
 
 
@@ -118,7 +120,7 @@ def test_multiscale_averages_lanes():
     prop = Propagator(CopyModel(), device="cpu", precision="fp32", size=40, scales=(0.5, 1.0))
     prop.start(frames[0], mask)
     r = prop.step(frames[1])
-    assert len(prop._lanes) == 2 and r.index.shape == mask.shape
+    assert len(prop.geometry.scales) == len(prop.states) == 2 and r.index.shape == mask.shape
     assert _iou(r.index == 7, mask == 7) > 0.8
 
 
@@ -153,7 +155,7 @@ def test_multiscale_merges_and_feeds_back_at_the_base_size():
         model = ScaleSpyModel()
         prop = Propagator(model, device="cpu", precision="fp32", size=40, scales=scales)
         prop.start(frames[0], mask)
-        assert (prop._base.h, prop._base.w) == (40, 68)
+        assert (prop.geometry.base.h, prop.geometry.base.w) == (40, 68)
         # What the step should compute: each scale's probabilities upsampled to the base
         # size, averaged, merged there.
         want = []
@@ -170,11 +172,36 @@ def test_multiscale_merges_and_feeds_back_at_the_base_size():
         assert np.array_equal(r.probs, expected.probs) and np.array_equal(r.index, expected.index)
         # Each scale's state is fed back at its own (padded) size, from the base-size merge.
         assert sorted(model.fed) == [(24, 40), (40, 72)]
-        full = next(lane for lane in prop._lanes if lane.h == 40)
-        assert full.state["prev"].shape[-2:] == (40, 72)
+        full = next(i for i, g in enumerate(prop.geometry.scales) if g.h == 40)
+        assert prop.states[full]["prev"].shape[-2:] == (40, 72)
         results[scales] = [r] + [prop.step(f) for f in frames[2:]]
     for a, b in zip(results[(0.5, 1.0)], results[(1.0, 0.5)]):  # the order of the scales is irrelevant
         assert np.array_equal(a.probs, b.probs)
+
+
+def test_geometry_and_states_are_a_read_only_public_view():
+    """Bench and tests read the engine's sizes and states through Propagator.geometry and
+    Propagator.states, not its private lanes."""
+    from vostool.engine.propagator import Geometry, ScaleGeometry
+
+    frames, mask = _clip()  # 45 x 77
+    prop = Propagator(CopyModel(), device="cpu", precision="fp32", size=40, scales=(0.5, 1.0))
+    assert prop.geometry is None and prop.states == ()
+    prop.start(frames[0], mask)
+    g = prop.geometry
+    assert g == Geometry((45, 77), ScaleGeometry(1.0, 40, 68, 40, 72),
+                         (ScaleGeometry(0.5, 20, 34, 24, 40), ScaleGeometry(1.0, 40, 68, 40, 72)), (3, 7), False)
+    assert (g.internal, g.padded) == ((20, 34), (24, 40))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.source = (1, 1)  # type: ignore[misc]
+    state = prop.states[1]
+    assert state["prev"].shape == (2, 1, 40, 72)
+    with pytest.raises(TypeError):
+        state["prev"] = None  # type: ignore[index]
+    later = np.zeros_like(mask)
+    later[0:4, 0:4] = 9
+    prop.add_objects(frames[1], later)
+    assert prop.geometry.object_ids == (3, 7, 9) and prop.states[0]["prev"].shape[0] == 3
 
 
 def test_input_errors():

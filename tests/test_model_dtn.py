@@ -63,7 +63,7 @@ def test_engine_two_objects_state_and_ids() -> None:
     prop = Propagator(model, device="cpu", precision="fp32", size=64)
     r0 = prop.start(frames[0], first)
     assert np.array_equal(r0.index, first)
-    st = prop._lanes[0].state
+    st = prop.states[0]
     assert st["prev_mask"].shape == (2, 1, 64, 64) and st["prev_box"].shape == (2, 4)
     assert st["first_feat"].shape == (2, 320) and st["prev_gray"].dtype == torch.uint8
     # The boxes of the first masks, in pixels (x1, y1, x2, y2).
@@ -72,7 +72,7 @@ def test_engine_two_objects_state_and_ids() -> None:
         r = prop.step(img)
         assert r.index.shape == (64, 64) and r.probs.shape == (2, 64, 64)
         assert set(np.unique(r.index)) <= {0, 3, 7} and r.object_ids == [3, 7]
-        assert all(t.shape[0] == 2 for t in prop._lanes[0].state.values())
+        assert all(t.shape[0] == 2 for t in prop.states[0].values())
 
 
 def test_conditional_anchors_81_centred_on_previous_box() -> None:

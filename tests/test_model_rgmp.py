@@ -176,4 +176,4 @@ def test_background_is_the_network_output_on_the_merged_foreground() -> None:
     # One object: its union is itself, no extra run, the same as 1 - max_k p_k.
     prop = Propagator(model, device="cpu", precision="fp32", size=None, fold_batchnorm=False)
     prop.start(frames[0], (first == 3).astype(np.uint8) * 3)
-    assert prop._lanes[0].state["guide"].shape[0] == 1
+    assert prop.states[0]["guide"].shape[0] == 1

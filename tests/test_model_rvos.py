@@ -90,7 +90,7 @@ def test_one_shot_engine_three_objects_keeps_ids() -> None:
     prop = Propagator(model, device="cpu", precision="fp32", size=64)
     r0 = prop.start(frames[0], first)
     assert np.array_equal(r0.index, first) and r0.object_ids == [2, 5, 9]
-    st = prop._lanes[0].state
+    st = prop.states[0]
     assert st["h0"].shape == (3, 128, 4, 4) and st["h2"].shape == (3, 32, 16, 16)
     assert st["h0"].abs().sum() > 0  # frame 0 was decoded with the given masks
     assert torch.equal(st["zero_shot"], torch.zeros(3))
@@ -98,7 +98,7 @@ def test_one_shot_engine_three_objects_keeps_ids() -> None:
         r = prop.step(img)
         assert set(np.unique(r.index)) <= {0, 2, 5, 9}
         assert r.object_ids == [2, 5, 9] and r.probs.shape == (3, 64, 64)
-        assert not any(k.startswith("next_") for k in prop._lanes[0].state)
+        assert not any(k.startswith("next_") for k in prop.states[0])
 
 
 def test_zero_shot_engine_at_most_n_stable_ids() -> None:
@@ -111,7 +111,7 @@ def test_zero_shot_engine_at_most_n_stable_ids() -> None:
         assert r.object_ids == [1, 2, 3]
         assert set(np.unique(r.index)) <= {0, 1, 2, 3}
         assert r.probs.shape == (3, 64, 64)
-    st = prop._lanes[0].state
+    st = prop.states[0]
     assert torch.equal(st["zero_shot"], torch.ones(3)) and st["h1"].shape[0] == 3
     # A mask given later starts a one-shot object next to the discovered slots.
     extra = np.zeros((64, 64), np.uint8)
@@ -120,7 +120,7 @@ def test_zero_shot_engine_at_most_n_stable_ids() -> None:
     assert r.object_ids == [1, 2, 3, 7]
     r = prop.step(frames[-1])
     assert set(np.unique(r.index)) <= {0, 1, 2, 3, 7}
-    assert prop._lanes[0].state["zero_shot"].tolist() == [1, 1, 1, 0]
+    assert prop.states[0]["zero_shot"].tolist() == [1, 1, 1, 0]
     # Without the zero-shot decoder there is no mask-less mode.
     with pytest.raises(VostoolError, match="zero-shot decoder"):
         Propagator(build_model("rvos", hidden=16, zero_shot=False), device="cpu", precision="fp32",

@@ -87,7 +87,7 @@ def test_checkpoint_round_trip_and_strictness(tmp_path):
     path = save_checkpoint(model, tmp_path / "crvos.safetensors", extra={"size": 320})
     loaded = load_model("crvos", weights=path)
     assert loaded.config == json.loads(json.dumps(model.config))
-    assert loaded.checkpoint_meta["size"] == "320"
+    assert loaded.weights_info.meta["size"] == "320" and loaded.weights_info.inference_size == 320
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         f1, f2 = model.encode(x), loaded.encode(x)

@@ -82,7 +82,7 @@ def test_download_from_file_url_and_checksums(isolated, tmp_path, monkeypatch):
     assert path == tmp_path / "cache" / "weights" / "crvos-67ecc331.safetensors"
     assert W.file_sha256(path) == W.Weights.CRVOS.value.sha256
     assert json.loads(path.with_suffix(".json").read_text())["model"] == "crvos"  # the card too
-    assert load_model("crvos").checkpoint_meta["size"] == "448"
+    assert load_model("crvos").weights_info.inference_size == 448
     # the next resolution finds it in the cache, even with the mirror gone
     shutil.rmtree(mirror)
     assert W.resolve_weights("crvos") == path
@@ -126,3 +126,34 @@ def test_cache_dir_defaults(monkeypatch, tmp_path):
     assert W.cache_dir() == Path.home() / ".cache" / "vostool"
     monkeypatch.setenv("VOSTOOL_CACHE", str(tmp_path / "c"))
     assert W.cache_dir() == tmp_path / "c"
+
+
+def test_load_model_records_what_it_loaded(tmp_path):
+    """``load_model`` returns the model with a typed record of its checkpoint
+    (``model.weights_info``), declared on VOSModel, not patched onto the object."""
+    import copy
+    import pickle
+
+    from vostool.models import WeightsInfo, build_model, recommended_size, save_checkpoint
+    from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    model = load_model("crvos")
+    info = model.weights_info
+    assert isinstance(info, WeightsInfo)
+    assert info.path == default_weights("crvos") and info.model == "crvos"
+    assert (info.backbone, info.inference_size, info.dtype) == ("mobilenet_v2", 448, "float32")
+    assert "backbone" not in info.config and info.config == {k: v for k, v in model.config.items()
+                                                             if k != "backbone"}
+    assert (info.mean, info.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert info.meta["size"] == "448" and info.card is not None and info.card["model"] == "crvos"
+    assert recommended_size(model) == 448
+    assert copy.deepcopy(model).weights_info == info and pickle.loads(pickle.dumps(info)) == info
+    assert load_model("rgmp").weights_info.dtype == "float16"  # a --half export
+
+    built = build_model("crvos")
+    assert built.weights_info is None and recommended_size(built, 123) == 123
+    # no card beside the file, no size: None; a recorded normalisation is read back
+    path = save_checkpoint(built, tmp_path / "c.safetensors", extra={"mean": "[0.5, 0.5, 0.5]"})
+    info = load_model("crvos", weights=path).weights_info
+    assert info.card is None and info.inference_size is None and info.mean == (0.5, 0.5, 0.5)
+    assert info.std == IMAGENET_STD

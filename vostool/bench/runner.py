@@ -284,7 +284,7 @@ class _Compiled:
 
     METHODS = ("encode", "predict", "update")
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: VOSModel) -> None:
         self.model = model
         self.patched: list[str] = []
         self._freezing: Any = None
@@ -297,11 +297,9 @@ class _Compiled:
             inductor_config.freezing = True
         except Exception:  # pragma: no cover - torch without inductor
             self._freezing = None
-        for m in self.METHODS:
-            fn = getattr(self.model, m, None)
-            if fn is not None:
-                setattr(self.model, m, torch.compile(fn))
-                self.patched.append(m)
+        for m in self.METHODS:  # every VOSModel has them
+            setattr(self.model, m, torch.compile(getattr(self.model, m)))
+            self.patched.append(m)
         return self
 
     def undo(self) -> None:
@@ -494,8 +492,8 @@ def _time_model(
             trunk.sample(timer)
     share = model.propagation_share()
     used, n_threads, threads_mode = _threads_used(gov, used0, dev)
-    padded = (prop._lanes[0].ph, prop._lanes[0].pw)
-    internal = (prop._lanes[0].h, prop._lanes[0].w)
+    geometry = prop.geometry
+    internal, padded = geometry.internal, geometry.padded
     best = trunk.best() if trunk is not None else None
     if trunk is None:
         peak = max(peak, memory.peak_mb(dev))

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from vostool.errors import VostoolError
+from vostool.models.backbones import Backbone
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 # no square brackets: the CLI prints messages through rich, whose markup would eat "[onnx]"
@@ -94,7 +95,7 @@ class OrtBackbone(nn.Module):
         import onnxruntime as ort
 
         self._ort = ort
-        self.channels = getattr(backbone, "channels", {})
+        self.channels = dict(backbone.channels) if isinstance(backbone, Backbone) else {}
         probe = torch.zeros(1, in_channels, 64, 96)
         with torch.inference_mode(False), torch.no_grad():
             self.keys = sorted(backbone(probe).keys())

@@ -1,4 +1,7 @@
-"""Device and precision resolution: what ``--device`` and ``--precision`` turn into."""
+"""Device and precision resolution: what ``--device`` and ``--precision`` turn into, and
+the process-wide torch settings inference runs with (:func:`configure_torch`, the one
+place the engine makes them; the thread count a frame runs with is the
+:class:`ThreadGovernor`'s)."""
 
 from __future__ import annotations
 
@@ -299,6 +302,39 @@ def threads_fixed() -> bool:
     """True when the thread count was fixed by ``$VOSTOOL_THREADS``."""
     env = os.environ.get("VOSTOOL_THREADS", "").strip()
     return env.isdigit() and int(env) > 0
+
+
+def configure_torch(device: torch.device, threads: int | None = None) -> ThreadGovernor | None:
+    """Make the process-wide torch settings that inference on ``device`` runs with: the
+    one place vostool's engine changes them (the :class:`~vostool.engine.Propagator`
+    calls it when it is built).
+
+    - CPU: once per process, :func:`configure_cpu` (denormals flushed to zero; the thread
+      cap from ``$VOSTOOL_THREADS`` or the CPUs the process may use); then ``threads``
+      sets torch's intra-op thread count; None: adaptive, a :class:`ThreadGovernor` is
+      returned that picks the count of each frame (applied during the frame only and put
+      back after it), unless ``$VOSTOOL_THREADS`` fixes the count or one thread is all
+      there is (then the count is set to the cap);
+    - CUDA: cuDNN autotuning (``torch.backends.cudnn.benchmark``): a video's frames all
+      have one size, so the fastest kernels are searched for once;
+    - other devices: nothing.
+
+    Returns the governor the engine's frames run with, or None. Raises VostoolError for
+    ``threads`` below 1 on the CPU.
+    """
+    if device.type == "cpu":
+        most = configure_cpu()
+        if threads is not None:
+            if threads < 1:
+                raise VostoolError("threads must be at least 1")
+            torch.set_num_threads(int(threads))
+        elif not threads_fixed() and most > 1:
+            return ThreadGovernor(most)
+        else:
+            torch.set_num_threads(most)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return None
 
 
 def device_name(device: torch.device) -> str:

@@ -25,7 +25,8 @@ Speed (measured with ``vostool bench``; see :mod:`vostool.bench`):
 - the model's backbones run as inference copies with every BatchNorm folded into the
   convolution before it, their convolution weights pre-cast to the autocast dtype; the
   copies are swapped in only while the engine runs the model, so the model object (its
-  weights, its state dict, its attributes) is never changed and can go on training;
+  weights, its state dict, its attributes) is never changed and can go on training
+  (:mod:`vostool.engine.fastpath`, behind :func:`~vostool.engine.fastpath.inference_copies`);
 - on the CPU a resize of the input frame runs on uint8 (8x faster than on floats);
 - the object index is found by K comparisons (``argmax(0)`` over the object dimension
   is 10-100x slower on CPUs), kept in uint8 and mapped to ids by a cached table;
@@ -34,312 +35,33 @@ Speed (measured with ``vostool bench``; see :mod:`vostool.bench`):
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from vostool.engine.device import (
-    ThreadGovernor, autocast, configure_cpu, device_name, resolve_device, resolve_precision, threads_fixed,
+    ThreadGovernor, autocast, configure_torch, device_name, resolve_device, resolve_precision,
 )
 from vostool.engine.adapt import Adaptation
+from vostool.engine.fastpath import FastBackbones, fold_batchnorm, inference_copies
 from vostool.errors import VostoolError
-from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from vostool.models.base import Features, State, VOSModel
 from vostool.models.blocks import soft_aggregate
 from vostool.types import Frame, FrameResult
 
 
+__all__ = ["Geometry", "Propagator", "ScaleGeometry", "propagate", "fold_batchnorm"]  # fold_batchnorm: moved to fastpath, kept here
+
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-# -- inference copies of the backbones ------------------------------------------------------
-def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
-    """Fold eval-mode ``bn`` (applied right after ``conv``) into ``conv``. False if it can't."""
-    if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
-        return False
-    if bn.running_mean is None or bn.running_var is None or conv.out_channels != bn.num_features:
-        return False
-    with torch.no_grad():
-        w = conv.weight.detach()
-        scale = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
-        shift = -bn.running_mean.detach().double() * scale
-        if bn.affine:
-            gamma = bn.weight.detach().double()
-            scale, shift = scale * gamma, shift * gamma + bn.bias.detach().double()
-        bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
-        new_w = (w.double() * scale.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
-        conv.weight = nn.Parameter(new_w.contiguous(memory_format=_memory_format(w)), requires_grad=False)
-        conv.bias = nn.Parameter((bias * scale + shift).to(w.dtype), requires_grad=False)
-    return True
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _conv_bn_pairs(module: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
-    """(parent, conv name, bn name) of each BatchNorm2d that directly follows a Conv2d:
-    consecutive entries of a Sequential, and torchvision ResNet's ``convN``/``bnN``."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    from vostool.models.backbones import ResNetBackbone
-
-    for sub in module.modules():
-        if isinstance(sub, nn.Sequential) and type(sub).forward is nn.Sequential.forward:
-            names = list(sub._modules)
-            for a, b in zip(names, names[1:]):
-                yield sub, a, b
-        if type(sub) in (BasicBlock, Bottleneck, ResNetBackbone):
-            for i in (1, 2, 3):
-                if f"conv{i}" in sub._modules and f"bn{i}" in sub._modules:
-                    yield sub, f"conv{i}", f"bn{i}"
-
-
-def fold_batchnorm(
-    module: nn.Module, dtype: torch.dtype | None = None, fuse_activations: bool = False,
-) -> nn.Module:
-    """An inference copy of eval-mode ``module``: each BatchNorm2d right after a Conv2d is
-    folded into it (replaced by ``nn.Identity``); with ``dtype`` the Conv2d/Linear weights
-    are cast to it (what autocast would do on every call); with ``fuse_activations``
-    (CPU) a Conv2d followed by ReLU/ReLU6 in a Sequential runs as one oneDNN call, kept
-    only if it gives the same features as the unfused copy. ``module`` is not changed."""
-    fused = copy.deepcopy(module).eval()
-    for parent, conv_name, bn_name in list(_conv_bn_pairs(fused)):
-        conv, bn = parent._modules[conv_name], parent._modules[bn_name]
-        if conv is not None and bn is not None and _fold_into(conv, bn):
-            parent._modules[bn_name] = nn.Identity()
-    if dtype is not None:
-        for sub in fused.modules():
-            if type(sub) in (nn.Conv2d, nn.Linear):
-                sub.weight.data = sub.weight.data.to(dtype)
-                if sub.bias is not None:
-                    sub.bias.data = sub.bias.data.to(dtype)
-    for p in fused.parameters():
-        p.requires_grad_(False)
-    if fuse_activations and _ConvAct.available():
-        candidate = _fuse_conv_act(copy.deepcopy(fused))
-        if candidate is not None and _same_features(fused, candidate, dtype):
-            fused = candidate
-    return fused
-
-
-class _ConvAct(nn.Module):
-    """``act(conv(x))`` for ReLU/ReLU6 as one oneDNN convolution with a post-op (CPU
-    only; elsewhere, or with autograd, the two modules run as before). The input is cast
-    to the weights' dtype, as autocast would."""
-
-    def __init__(self, conv: nn.Conv2d, act: nn.Module, attr: str, scalars: list[float]) -> None:
-        super().__init__()
-        self.conv, self.act, self.attr, self.scalars = conv, act, attr, scalars
-        self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-
-    @staticmethod
-    def available() -> bool:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-    @staticmethod
-    def kind(conv: nn.Module, act: nn.Module) -> tuple[str, list[float]] | None:
-        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            return None
-        if type(act) is nn.ReLU:
-            return "relu", []
-        if type(act) is nn.ReLU6:
-            return "hardtanh", [0.0, 6.0]
-        if type(act) is nn.Hardtanh:
-            return "hardtanh", [float(act.min_val), float(act.max_val)]
-        return None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.conv.weight
-        if x.device.type != "cpu" or w.device.type != "cpu" or torch.is_grad_enabled() or x.dim() != 4:
-            return self.act(self.conv(x))
-        if x.dtype != w.dtype:
-            x = x.to(w.dtype)
-        return torch.ops.mkldnn._convolution_pointwise(x, w, self.conv.bias, *self.args, self.attr,
-                                                       self.scalars, "")
-
-
-def _fuse_conv_act(module: nn.Module) -> nn.Module | None:
-    """Replace [Conv2d, Identity*, ReLU/ReLU6] runs of plain Sequentials by :class:`_ConvAct`."""
-    count = 0
-    for sub in list(module.modules()):
-        if not (isinstance(sub, nn.Sequential) and type(sub).forward is nn.Sequential.forward):
-            continue
-        names = list(sub._modules)
-        for i, name in enumerate(names):
-            conv = sub._modules[name]
-            j = i + 1
-            while j < len(names) and type(sub._modules[names[j]]) is nn.Identity:
-                j += 1
-            if j >= len(names):
-                continue
-            act = sub._modules[names[j]]
-            kind = _ConvAct.kind(conv, act) if conv is not None and act is not None else None
-            if kind is not None:
-                sub._modules[name] = _ConvAct(conv, act, *kind)
-                sub._modules[names[j]] = nn.Identity()
-                count += 1
-    return module if count else None
-
-
-def _run_both(
-    a: nn.Module, b: nn.Module, dtype: torch.dtype | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
-    """Both inference copies' outputs on one small random input (``1 x C x 64 x 96``, in
-    ``a``'s memory format, under autocast to ``dtype`` if given), as dicts of the same keys
-    and shapes; None when ``b`` fails or its outputs do not match ``a``'s in keys or shapes."""
-    try:
-        first = next(m for m in a.modules() if isinstance(m, nn.Conv2d))
-        p = next(a.parameters())
-        x = torch.randn(1, first.in_channels, 64, 96, generator=torch.Generator().manual_seed(0)).to(p.device)
-        if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
-        ctx = (torch.autocast(device_type=p.device.type, dtype=dtype) if dtype is not None
-               else contextlib.nullcontext())
-        with torch.inference_mode(), ctx:
-            ya, yb = a(x), b(x)
-    except Exception:
-        return None
-    ya = ya if isinstance(ya, dict) else {"out": ya}
-    yb = yb if isinstance(yb, dict) else {"out": yb}
-    if ya.keys() != yb.keys() or any(ya[k].shape != yb[k].shape for k in ya):
-        return None
-    return ya, yb
-
-
-def _same_features(a: nn.Module, b: nn.Module, dtype: torch.dtype | None) -> bool:
-    """Whether two inference copies give the same outputs on a small random input."""
-    both = _run_both(a, b, dtype)
-    if both is None:
-        return False
-    ya, yb = both
-    tol = 1e-4 if dtype is None else 3e-2
-    return all(torch.allclose(ya[k].float(), yb[k].float(), rtol=tol, atol=tol) for k in ya)
-
-
-def _relative_error(a: nn.Module, b: nn.Module) -> float:
-    """Largest ``|a(x) - b(x)| / max|a(x)|`` over the outputs, on a small random input
-    (fp32); NaN if the outputs do not match in keys or shapes or b fails."""
-    both = _run_both(a, b)
-    if both is None:
-        return float("nan")
-    ya, yb = both
-    return max(float((ya[k].float() - yb[k].float()).abs().max() / ya[k].float().abs().max().clamp_min(1e-12))
-               for k in ya)
-
-
-def _fingerprint(module: nn.Module) -> int:
-    """Changes when any weight or buffer is replaced or updated in place."""
-    return hash(tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in
-                      [*module.parameters(), *module.buffers()]))
-
-
-#: ONNX Runtime copies by (id, fingerprint) of the original backbone (the last few)
-_ORT_CACHE: dict[tuple[int, int], nn.Module] = {}
-
-
-class _FastBackbones:
-    """Swaps the model's backbones for folded inference copies while the engine runs.
-
-    The copies are (re)built when the originals' weights change, so a model that goes on
-    training between videos is always served its current weights.
-    """
-
-    def __init__(
-        self, model: nn.Module, dtype: torch.dtype | None, memory_format: torch.memory_format | None,
-        fuse_activations: bool = False, backend: str = "torch",
-    ) -> None:
-        self.model = model
-        self.dtype, self.memory_format, self.fuse_activations = dtype, memory_format, fuse_activations
-        #: "torch" or "onnxruntime" (the copies run by ONNX Runtime, fp32)
-        self.backend = backend
-        #: why a copy fell back from the asked backend to torch (empty: none did)
-        self.fallbacks: list[str] = []
-        self.copies: dict[int, tuple[int, nn.Module]] = {}
-        self.depth = 0
-        self.slots = self._scan()
-
-    def _scan(self) -> list[tuple[nn.Module, str, nn.Module]]:
-        """(parent, attribute, backbone) of every outermost Backbone of the model."""
-        tops = [m for m in self.model.modules() if isinstance(m, Backbone)]
-        inner = {id(c) for m in tops for c in m.modules() if c is not m}
-        top_ids = {id(m) for m in tops if id(m) not in inner}
-        return [(parent, name, child) for parent in self.model.modules()
-                for name, child in parent._modules.items() if id(child) in top_ids]
-
-    def refresh(self) -> None:
-        """Build (or rebuild, if the weights changed) the inference copies."""
-        if any(parent._modules.get(name) is not original for parent, name, original in self.slots):
-            self.slots = self._scan()  # a backbone was replaced since
-            self.copies.clear()
-        with torch.inference_mode(False), torch.no_grad():
-            for _, _, original in self.slots:
-                fp = _fingerprint(original)
-                cached = self.copies.get(id(original))
-                if cached is None or cached[0] != fp:
-                    fused = self._ort_copy(original) if self.backend == "onnxruntime" else None
-                    if fused is None:
-                        fused = fold_batchnorm(original, self.dtype, fuse_activations=self.fuse_activations)
-                        if self.memory_format is not None:
-                            fused = fused.to(memory_format=self.memory_format)
-                    self.copies[id(original)] = (fp, fused)
-
-    def _ort_copy(self, original: nn.Module) -> nn.Module | None:
-        """The backbone's folded fp32 copy exported to ONNX Runtime, if it gives the same
-        features as the torch copy (else None and a note in ``fallbacks``)."""
-        from vostool.engine.backends import OrtBackbone, first_conv_in_channels
-
-        key = (id(original), _fingerprint(original))
-        if key in _ORT_CACHE:  # the same weights in another Propagator (segment: one per video)
-            return _ORT_CACHE[key]
-        folded = fold_batchnorm(original, None)
-        try:
-            ort_copy = OrtBackbone(folded, first_conv_in_channels(folded))
-        except Exception as exc:  # an op the exporter or ONNX Runtime does not take
-            self.fallbacks.append(f"{type(original).__name__}: export failed ({type(exc).__name__})")
-            return None
-        err = _relative_error(folded, ort_copy)
-        if not err < 1e-3:  # other kernels and summation orders: ~1e-6 seen
-            self.fallbacks.append(f"{type(original).__name__}: onnxruntime features differ from torch "
-                                  f"(relative error {err:.1e})")
-            return None
-        while len(_ORT_CACHE) >= 4:
-            _ORT_CACHE.pop(next(iter(_ORT_CACHE)))
-        _ORT_CACHE[key] = ort_copy
-        return ort_copy
-
-    @contextlib.contextmanager
-    def swapped(self) -> Iterator[None]:
-        if self.depth:  # nested call: already swapped
-            self.depth += 1
-            try:
-                yield
-            finally:
-                self.depth -= 1
-            return
-        if any(id(c) not in self.copies or p._modules.get(n) is not c for p, n, c in self.slots):
-            self.refresh()
-        for parent, name, original in self.slots:
-            parent._modules[name] = self.copies[id(original)][1]
-        self.depth = 1
-        try:
-            yield
-        finally:
-            self.depth = 0
-            for parent, name, original in self.slots:
-                parent._modules[name] = original
 
 
 def _fast(method: _F) -> _F:
@@ -368,6 +90,46 @@ class _Lane:
     feats: Features | None = None
 
 
+@dataclass(frozen=True)
+class ScaleGeometry:
+    """One input scale of the running video: the frame resized to ``h x w`` (shorter side
+    ``size * scale``), padded to ``ph x pw`` (multiples of the model's stride)."""
+
+    scale: float
+    h: int
+    w: int
+    ph: int
+    pw: int
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A read-only view of the running video's geometry (:attr:`Propagator.geometry`).
+
+    source: ``(H, W)`` of the frames. base: scale 1.0, where the scales' probabilities are
+    averaged and merged and the result comes from (whether or not 1.0 is in ``scales``).
+    scales: one per input scale, in the order of ``Propagator.scales``. object_ids: the
+    objects now tracked (rows of the states, in order). union_row: the states hold one
+    more last row, the objects' union (models with ``background_from_union``).
+    """
+
+    source: tuple[int, int]
+    base: ScaleGeometry
+    scales: tuple[ScaleGeometry, ...]
+    object_ids: tuple[int, ...]
+    union_row: bool
+
+    @property
+    def internal(self) -> tuple[int, int]:
+        """``(h, w)`` the first scale runs at (before padding)."""
+        return self.scales[0].h, self.scales[0].w
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """``(ph, pw)`` the first scale's input to the model has (after padding)."""
+        return self.scales[0].ph, self.scales[0].pw
+
+
 class Propagator:
     """Stateful video object segmentation of one video, frame by frame.
 
@@ -386,7 +148,8 @@ class Propagator:
         threads: CPU intra-op threads. None: adaptive (:class:`ThreadGovernor`: the
             fastest of all cores / fewer on a CPU shared with other work, applied during
             each ``step`` only), unless ``$VOSTOOL_THREADS`` fixes the count. A number
-            sets torch's thread count to it.
+            sets torch's thread count to it (process-wide settings: all made by
+            :func:`~vostool.engine.device.configure_torch`).
         backend: what runs the backbones: ``auto|torch|onnxruntime`` (see
             :func:`vostool.engine.backends.resolve_backend`; auto: ONNX Runtime for fp32
             on the CPU when it is installed).
@@ -421,21 +184,11 @@ class Propagator:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         #: adapts the CPU thread count frame by frame (None: fixed or not on the CPU)
-        self.governor: ThreadGovernor | None = None
-        if self.device.type == "cpu":
-            most = configure_cpu()
-            if threads is not None:
-                if threads < 1:
-                    raise VostoolError("threads must be at least 1")
-                torch.set_num_threads(int(threads))
-            elif not threads_fixed() and most > 1:
-                self.governor = ThreadGovernor(most)
-            else:
-                torch.set_num_threads(most)
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed frame size: autotune once
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+        self.governor: ThreadGovernor | None = configure_torch(self.device, threads)
+        info = model.weights_info  # the checkpoint's normalisation; ImageNet's without one
+        mean, std = (info.mean, info.std) if info is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
         self.object_ids: list[int] = []
         self._lanes: list[_Lane] = []
         #: the base geometry (scale 1.0): scales are averaged, merged and fed back from here
@@ -446,35 +199,38 @@ class Propagator:
         self._lut: tuple[tuple[int, ...], np.ndarray] = ((), np.zeros(1, np.uint8))
         self._pinned: torch.Tensor | None = None
         self._h2d_done: Any = None
-        self._fast: _FastBackbones | None = None
+        self._fast: FastBackbones | None = None
         if fold_batchnorm or self.backend == "onnxruntime":
-            cast = None
-            if self.precision != "fp32" and self.device.type in ("cpu", "cuda"):
-                cast = torch.float16 if self.precision == "fp16" else torch.bfloat16
-            fast = _FastBackbones(self.model, cast, torch.channels_last if self.channels_last else None,
-                                  fuse_activations=self.device.type == "cpu", backend=self.backend)
-            self._fast = fast if fast.slots else None
+            self._fast = inference_copies(self.model, self.device, self.precision, self.channels_last, self.backend)
+
+    @property
+    def geometry(self) -> Geometry | None:
+        """The running video's sizes, scales and objects (None before :meth:`start`)."""
+        if self._src is None:
+            return None
+
+        def view(lane: _Lane, scale: float) -> ScaleGeometry:
+            return ScaleGeometry(scale, lane.h, lane.w, lane.ph, lane.pw)
+
+        return Geometry(self._src, view(self._base, 1.0),
+                        tuple(view(lane, s) for lane, s in zip(self._lanes, self.scales)),
+                        tuple(self.object_ids), self._union)
+
+    @property
+    def states(self) -> tuple[Mapping[str, torch.Tensor], ...]:
+        """The model's state at each input scale (order of ``scales``), read-only: each
+        tensor has the objects (and the union row, :attr:`Geometry.union_row`) first and
+        is the engine's own, not a copy. Empty before :meth:`start`."""
+        return tuple(MappingProxyType(lane.state if lane.state is not None else {}) for lane in self._lanes)
 
     @property
     def inference_path(self) -> str:
         """Which inference path runs and why, in words (e.g. ``fp32 channels_last,
         backbones on onnxruntime 1.32 (folded fp32): no native bf16 ...``); the
         backbones' fallbacks are known after :meth:`start`."""
-        from vostool.engine.backends import onnxruntime_version
-
         kind = {"fp32": "fp32 eager", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.precision]
         layout = "channels_last" if self.channels_last else "NCHW"
-        fast = self._fast
-        if fast is not None and fast.backend == "onnxruntime":
-            if fast.fallbacks:
-                enc = f"backbones on torch (onnxruntime fallback: {'; '.join(fast.fallbacks)})"
-            else:
-                enc = f"backbones on onnxruntime {onnxruntime_version()} (BatchNorm folded, fp32)"
-        elif fast is not None:
-            enc = "backbones on torch (BatchNorm folded" + (
-                ", conv+ReLU fused" if fast.fuse_activations else "") + ")"
-        else:
-            enc = "backbones on torch"
+        enc = self._fast.describe() if self._fast is not None else "backbones on torch"
         return f"{kind} {layout}, {enc}: {self.backend_reason}"
 
     # -- public API -------------------------------------------------------------------

@@ -20,13 +20,16 @@ Training drives the same methods through :meth:`VOSModel.forward_clip`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vostool.errors import VostoolError
+
+if TYPE_CHECKING:
+    from vostool.models.weights import WeightsInfo
 
 Features = dict[str, torch.Tensor]
 State = dict[str, torch.Tensor]
@@ -54,6 +57,9 @@ class VOSModel(nn.Module):
     #: a decision threshold on a confidence in [0, 1] that callers may set at run time
     #: (DTN's ``theta_c``: box propagation above it); None: the model has none
     theta_c: float | None = None
+    #: the checkpoint :func:`~vostool.models.load_model` loaded (path, metadata, inference
+    #: size, normalisation, card); None for a model built without one
+    weights_info: "WeightsInfo | None" = None
 
     def __init__(self, backbone: str, **config: Any) -> None:
         super().__init__()

@@ -20,6 +20,7 @@ import torch
 from vostool.errors import VostoolError
 from vostool.models.backbones import list_backbones
 from vostool.models.base import VOSModel
+from vostool.models.weights import WeightsInfo
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,9 @@ def load_model(name: str, weights: str | Path | None = None, backbone: str | Non
     :func:`vostool.models.weights.resolve_weights` ($VOSTOOL_WEIGHTS, the package, the cache,
     then a download).
     The architecture (backbone, sizes) comes from the checkpoint's metadata; asking for a
-    different backbone than the checkpoint's is an error.
+    different backbone than the checkpoint's is an error. The returned model (in eval
+    mode) carries what was loaded in ``model.weights_info``
+    (:class:`~vostool.models.weights.WeightsInfo`).
     """
     from vostool.models.weights import resolve_weights
 
@@ -195,14 +198,13 @@ def load_model(name: str, weights: str | Path | None = None, backbone: str | Non
         raise VostoolError(f"{path} was trained with backbone '{ck_backbone}', not '{backbone}'")
     model = build_model(name, backbone=ck_backbone, pretrained=False, **config)
     load_weights_strict(model, state, source=str(path))
-    model.checkpoint_meta = dict(meta)  # type: ignore[assignment]
+    stored = next((str(t.dtype).removeprefix("torch.") for t in state.values() if t.is_floating_point()),
+                  "float32")
+    model.weights_info = WeightsInfo.from_checkpoint(path, meta, name, ck_backbone, config, stored)
     return model.eval()
 
 
 def recommended_size(model: VOSModel, default: int = 480) -> int:
     """The internal size (shorter side) a checkpoint was trained for, else ``default``."""
-    meta = getattr(model, "checkpoint_meta", None) or {}
-    try:
-        return int(meta["size"])
-    except (KeyError, ValueError):
-        return default
+    info = model.weights_info
+    return info.inference_size if info is not None and info.inference_size is not None else default

@@ -28,9 +28,11 @@ import json
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from vostool.errors import VostoolError
 
@@ -60,6 +62,75 @@ class WeightsRecord:
         """The file's name in the cache: ``<stem>-<sha256[:8]><suffix>``."""
         p = Path(self.file)
         return f"{p.stem}-{self.sha256[:8]}{p.suffix}"
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What :func:`vostool.models.load_model` loaded into a model (``model.weights_info``).
+
+    path: the checkpoint file. model: the registry name it holds. backbone and config: the
+    architecture it was built with (``config`` without the backbone). inference_size: the
+    shorter side it was trained for (the checkpoint's ``size``), or None when it records none.
+    mean, std: the per-channel RGB normalisation on [0, 1] its inputs take (the checkpoint's
+    ``mean``/``std`` when recorded, else ImageNet's). dtype: the stored float dtype
+    (``float32``; ``float16`` for a ``--half`` export; the model's parameters are float32
+    either way). meta: the checkpoint's metadata as written. card: the JSON card beside the
+    file (how it was trained), or None when there is none or it cannot be read. The
+    mappings are plain dicts (so that a model can be deep-copied and pickled): read them only.
+    """
+
+    path: Path
+    model: str
+    backbone: str
+    config: Mapping[str, Any]
+    inference_size: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dtype: str
+    meta: Mapping[str, str] = field(default_factory=dict)
+    card: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: Path, meta: Mapping[str, str], model: str, backbone: str, config: Mapping[str, Any],
+        dtype: str,
+    ) -> "WeightsInfo":
+        """The record of checkpoint ``path`` from its metadata ``meta`` (and its card)."""
+        from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD  # torch: only when loading
+
+        return cls(
+            path=Path(path), model=model, backbone=backbone, config=dict(config),
+            inference_size=_meta_int(meta, "size"), mean=_meta_triple(meta, "mean", IMAGENET_MEAN),
+            std=_meta_triple(meta, "std", IMAGENET_STD), dtype=dtype, meta=dict(meta),
+            card=_read_card(Path(path).with_suffix(".json")),
+        )
+
+
+def _meta_int(meta: Mapping[str, str], key: str) -> int | None:
+    try:
+        return int(meta[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def _meta_triple(
+    meta: Mapping[str, str], key: str, default: tuple[float, float, float]
+) -> tuple[float, float, float]:
+    """A JSON list of three numbers recorded in the metadata, else ``default``."""
+    try:
+        a, b, c = (float(v) for v in json.loads(meta[key]))
+    except (KeyError, ValueError, TypeError):
+        return default
+    return (a, b, c)
+
+
+def _read_card(path: Path) -> Mapping[str, Any] | None:
+    # The card documents the checkpoint; running it needs nothing from it.
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
 
 
 class Weights(Enum):
