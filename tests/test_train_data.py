@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from vostool.errors import VostoolError
-from vostool.train.data import Augment, DavisClips, MixedClips, SyntheticClips, affine_matrix, find_sequences
+from vostool.data.davis import annotated_sequences
+from vostool.train.data import Augment, DavisClips, MixedClips, SyntheticClips, affine_matrix
 
 from synthetic import make_davis
 
@@ -103,7 +104,7 @@ def test_davis_exclude_and_palette(tmp_path):
     x, y = ds[3]
     assert y.max() == 1 and (y == 1).sum() > 0
     with pytest.raises(VostoolError):
-        find_sequences([root], names=["nope"])
+        annotated_sequences([root], names=["nope"])
     with pytest.raises(VostoolError):
         DavisClips([tmp_path / "missing"])
 

@@ -131,9 +131,9 @@ def check_data(cfg: TrainConfig) -> None:
     if cfg.val_sequences:
         if not cfg.data:
             raise VostoolError("--val-sequences are sequences of the --data roots: give --data")
-        from vostool.train.data import find_sequences
+        from vostool.data.davis import annotated_sequences
 
-        find_sequences(cfg.data, names=cfg.val_sequences)
+        annotated_sequences(cfg.data, names=cfg.val_sequences)
 
 
 def resume_config(out: str | Path, **overrides: Any) -> TrainConfig:

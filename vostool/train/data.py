@@ -26,7 +26,6 @@ Files are found and read by the data layer that ``vostool eval`` uses too: the D
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -59,33 +58,6 @@ def read_ids(path: Path, short_side: int | None = None) -> np.ndarray:
 
 
 # -- DAVIS-layout video clips ---------------------------------------------------------------
-@dataclass(frozen=True)
-class Sequence_:
-    """A training sequence as lists of files, for callers written against it
-    (:func:`vostool.train.loop.validate`); the data layer describes it as ``spec``."""
-
-    spec: SequenceSpec
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def frames(self) -> list[Path]:
-        return self.spec.annotated_images()
-
-    @property
-    def masks(self) -> list[Path]:
-        return [self.spec.mask_path(f) for f in self.spec.frames]
-
-
-def find_sequences(roots: Sequence[str | Path], names: Sequence[str] | None = None,
-                   exclude: Sequence[str] = ()) -> list[Sequence_]:
-    """Sequences (frames that have an annotation) of several DAVIS-layout roots
-    (:func:`vostool.data.davis.annotated_sequences`) as file lists."""
-    return [Sequence_(s) for s in annotated_sequences(roots, names, exclude)]
-
-
 class DavisClips(torch.utils.data.Dataset):
     """Clips of ``clip_len`` frames from DAVIS-layout roots, one object per clip.
 

@@ -20,17 +20,18 @@ def validate(model: VOSModel, cfg: TrainConfig, device: torch.device, precision:
     (DAVIS-2016's 0/255) are scored as ``davis16`` (binary), others as ``davis17``."""
     import tempfile
 
+    import dataclasses
+
+    from vostool.data.davis import annotated_sequences
+    from vostool.data.masks import read_index_mask
     from vostool.engine.propagator import Propagator
-    from vostool.eval.datasets import SequenceSpec, read_index_png
     from vostool.eval.runner import run_sequences
     from vostool.eval.scoring import score_results
-    from vostool.train.data import find_sequences
 
-    seqs = find_sequences(cfg.data, names=cfg.val_sequences)
     n_max = cfg.val_max_frames
-    specs = [SequenceSpec(s.name, s.masks[0].parent, tuple(p.stem for p in s.masks)[:n_max], s.frames[0].parent)
-             for s in seqs]
-    firsts = [set(np.unique(read_index_png(sp.gt_dir / f"{sp.frames[0]}.png")).tolist()) for sp in specs]
+    specs = [dataclasses.replace(s, frames=s.frames[:n_max])
+             for s in annotated_sequences(cfg.data, names=cfg.val_sequences)]
+    firsts = [set(np.unique(read_index_mask(sp.mask_path(sp.frames[0]))).tolist()) for sp in specs]
     binary = all(ids <= {0, 1} or ids <= {0, 255} for ids in firsts)
     was_training = model.training
     prop = Propagator(model, device=device, precision=precision, size=cfg.val_size or cfg.size[0],
