@@ -132,3 +132,31 @@ def cli_clip(root: Path, n: int, frame_fn, objects: dict[int, tuple[slice, slice
     torch.manual_seed(0)
     weights = save_checkpoint(build_model("crvos"), root / "crvos.safetensors", extra={"size": 32})
     return root, video, root / "first.png", weights
+
+
+def disc_and_square_clip(n: int = 16, h: int = 240, w: int = 432) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The simple two-object clip of issue 12: a red disc (id 1) and a blue square (id 2)
+    moving apart over a smooth, softly textured colour gradient; frames and every frame's ids.
+
+    ``n`` frames of ``h x w x 3`` uint8 (the defaults are what the shipped-weights test uses).
+    The disc (radius 38) moves right along the top by 5 px a frame, bobbing up and down; the
+    square (64 x 64) moves left and down along the bottom by (-4, +1) px a frame. They never
+    touch. Returns the frames and ``h x w`` uint8 id masks (0 background).
+    """
+    import cv2
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    tex = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 6)
+    tex = tex / tex.std() * 12
+    bg = np.stack([60 + 80 * xx / w + tex, 110 + 60 * yy / h + tex, 90 + 50 * (1 - xx / w) + tex], -1)
+    frames, masks = [], []
+    for t in range(n):
+        img, ids = bg.copy(), np.zeros((h, w), np.uint8)
+        disc = (xx - (80 + 5 * t)) ** 2 + (yy - (70 + 8 * np.sin(t / 3))) ** 2 < 38 ** 2
+        img[disc], ids[disc] = (210, 40, 35), 1
+        square = (abs(xx - (350 - 4 * t)) < 32) & (abs(yy - (165 + t)) < 32)
+        img[square], ids[square] = (40, 60, 200), 2
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+        masks.append(ids)
+    return frames, masks

@@ -1,0 +1,46 @@
+"""Every shipped checkpoint keeps both objects of a trivially simple two-object clip (issue 12).
+
+A red disc and a blue square move apart over a smooth textured gradient
+(:func:`synthetic.disc_and_square_clip`); each shipped model, at its own inference size and
+with every engine default but the precision (fp32, so that every CPU gives the same figures),
+must follow both: mean IoU over the clip >= 0.7 for each object and >= 0.5 on the last frame.
+
+Measured with the files shipped on 2026-12-06 (16 frames, fp32, one thread): crvos 0.99 / 0.99
+(disc / square, mean IoU); gam and dtn lose the square within 1-3 frames (mean IoU 0.03 and
+0.00), rgmp and rvos lose both (0.16 / 0.00 and 0.06 / 0.00 over 23 frames). Those models are marked as expected failures (strict: the
+mark must be removed when retrained weights pass), the open work of issue 12.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synthetic import disc_and_square_clip
+
+from vostool.engine import Propagator, load_model
+from vostool.models import list_models, recommended_size
+
+LOSES_OBJECTS = {"gam", "dtn", "rgmp", "rvos"}  # shipped weights of 2026-12-06, see above
+
+
+def _params():
+    for spec in list_models():
+        marks = [pytest.mark.xfail(strict=True, reason="shipped weights lose an object (issue 12)")] \
+            if spec.name in LOSES_OBJECTS else []
+        yield pytest.param(spec.name, marks=marks, id=spec.name)
+
+
+@pytest.mark.parametrize("name", _params())
+def test_shipped_model_keeps_both_objects_of_a_simple_clip(name, one_thread):
+    frames, masks = disc_and_square_clip()
+    model = load_model(name)
+    prop = Propagator(model, device="cpu", precision="fp32", backend="torch", threads=1,
+                      size=recommended_size(model))
+    prop.start(frames[0], masks[0])
+    ious = []
+    for frame, truth in zip(frames[1:], masks[1:]):
+        got = prop.step(frame).index
+        ious.append([((got == k) & (truth == k)).sum() / ((got == k) | (truth == k)).sum() for k in (1, 2)])
+    ious = np.array(ious)
+    assert (ious.mean(0) >= 0.7).all(), (name, ious.mean(0).round(3))
+    assert (ious[-1] >= 0.5).all(), (name, ious[-1].round(3))
