@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import typer
 
 from vostool.cli.common import adapt_progress, check_device_precision, console, err_console, friendly_errors, \
-    int_option, make_progress
+    float_option, int_option, make_progress
 from vostool.errors import VostoolError
 
 if TYPE_CHECKING:
@@ -58,6 +58,9 @@ _ADAPT = typer.Option(False, "--adapt", help="Each sequence first learns its obj
                       "(as `vostool segment --adapt`), from the shipped weights.")
 _ADAPT_STEPS = int_option(None, "--adapt-steps", lo=0, hi=100_000, help="Optimisation steps of --adapt "
                           "(default 100).")
+_WINDOW = float_option(None, "--window", lo=0, hi=100, help="Search window: each object is kept within its "
+                       "previous box grown by this multiple of the box's side (0: off; default: the "
+                       "model's, see `vostool models`).")
 _REPORT = typer.Option(None, "--report", help="Also write DIR/report.html: J&F bars worst first, J per frame "
                        "curves, and prediction/ground-truth frame strips of the worst sequences (PNGs beside it).")
 
@@ -127,6 +130,7 @@ def _davis(
     results: Optional[Path], split: str, sequences: Optional[str], out: Optional[Path], as_json: bool,
     workers: Optional[int], legacy: bool, device: str, precision: str, size: Optional[int], quiet: bool,
     report_dir: Optional[Path] = None, adapt: bool = False, adapt_steps: Optional[int] = None,
+    window: Optional[float] = None,
 ) -> None:
     from vostool.cli.segment import _adapt_config
     from vostool.eval import davis_sequences, evaluate_davis
@@ -135,6 +139,8 @@ def _davis(
     adapt_config = _adapt_config(adapt, adapt_steps)
     if adapt_config is not None and results is not None:
         raise VostoolError("--adapt runs a model: drop --results")
+    if window is not None and results is not None:
+        raise VostoolError("--window runs a model: drop --results")
     if results is None:  # a model runs: --device/--precision errors (and the bf16 note) first
         check_device_precision(device, precision)
     lengths = {s.name: len(s.frames) for s in davis_sequences(davis_root, year, split, names)} \
@@ -166,6 +172,7 @@ def _davis(
             device=device, precision=precision, size=size, workers=workers,
             legacy_uint8_decay=legacy, run_progress=on_run, score_progress=on_score,
             adapt=adapt_config, adapt_progress=adapt_progress(progress, "sequence") if adapt_config else None,
+            window=window,
         )
     _print_report(report, as_json, quiet, f"DAVIS-{year} {split}")
     _write_report(report, report_dir, quiet, f"DAVIS-{year} {split}")
@@ -180,11 +187,12 @@ def davis16(
     workers: Optional[int] = _WORKERS, legacy_uint8_decay: bool = _LEGACY, device: str = _DEVICE,
     precision: str = _PRECISION, size: Optional[int] = _SIZE, quiet: bool = _QUIET,
     report_dir: Optional[Path] = _REPORT, adapt: bool = _ADAPT, adapt_steps: Optional[int] = _ADAPT_STEPS,
+    window: Optional[float] = _WINDOW,
 ) -> None:
     """DAVIS-2016 (single object): run a model over a split, or score --results, exactly like the
     official toolkit."""
     _davis(2016, davis_root, model, weights, results, split, sequences, out, as_json, workers,
-           legacy_uint8_decay, device, precision, size, quiet, report_dir, adapt, adapt_steps)
+           legacy_uint8_decay, device, precision, size, quiet, report_dir, adapt, adapt_steps, window)
 
 
 @eval_app.command("davis17")
@@ -196,11 +204,12 @@ def davis17(
     workers: Optional[int] = _WORKERS, legacy_uint8_decay: bool = _LEGACY, device: str = _DEVICE,
     precision: str = _PRECISION, size: Optional[int] = _SIZE, quiet: bool = _QUIET,
     report_dir: Optional[Path] = _REPORT, adapt: bool = _ADAPT, adapt_steps: Optional[int] = _ADAPT_STEPS,
+    window: Optional[float] = _WINDOW,
 ) -> None:
     """DAVIS-2017 (multi-object, semi-supervised): run a model over a split, or score --results,
     exactly like the official toolkit."""
     _davis(2017, davis_root, model, weights, results, split, sequences, out, as_json, workers,
-           legacy_uint8_decay, device, precision, size, quiet, report_dir, adapt, adapt_steps)
+           legacy_uint8_decay, device, precision, size, quiet, report_dir, adapt, adapt_steps, window)
 
 
 @eval_app.command("folders")

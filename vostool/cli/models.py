@@ -29,6 +29,7 @@ def models(
             "weights": str(path) if path.is_file() else None,
             "weights_mb": round(path.stat().st_size / 2**20, 1) if path.is_file() else None,
             "inference_size": _inference_size(card, path),
+            "search_window": spec.cls.search_window,
             "card": card,
         })
     if as_json:
@@ -37,7 +38,7 @@ def models(
     # short cells only, so the table fits 80 columns without breaking a word; the long texts
     # (paper, published results) follow as soft-wrapped lines (the terminal wraps them)
     table = Table(title="vostool models")
-    for col in ("model", "shipped weights", "backbone", "size", "dev J&F"):
+    for col in ("model", "shipped weights", "backbone", "size", "window", "dev J&F"):
         table.add_column(col, overflow="ellipsis", no_wrap=True)
     for r in rows:
         card = r["card"]
@@ -45,10 +46,12 @@ def models(
         size = r["inference_size"]
         table.add_row(r["model"], f"{r['weights_mb']} MiB" if r["weights"] else "none",
                       str(card.get("backbone", r["default_backbone"])) if r["weights"] else "-",
-                      str(size) if size else "-", f"{dev:.3f}" if isinstance(dev, (int, float)) else "-")
+                      str(size) if size else "-", f"{r['search_window']:g}" if r["search_window"] else "off",
+                      f"{dev:.3f}" if isinstance(dev, (int, float)) else "-")
     console.print(table)
     console.print("size: the inference size (shorter side) the weights were trained and scored at, used "
-                  "unless --size says otherwise; dev J&F: on the held-out dev split at that size.",
+                  "unless --size says otherwise; window: the default --window (search window margin); dev J&F: on "
+                  "the held-out dev split at that size.",
                   highlight=False, soft_wrap=True)
     for r in rows:
         console.print(f"[bold]{r['model']}[/]: {escape(r['title'])}. {escape(r['paper'])}. Published: "

@@ -60,11 +60,12 @@ def _adapt_config(adapt: bool, steps: Optional[int]) -> Optional["AdaptConfig"]:
 
 def _load_checked_model(
     model_name: str, weights: Optional[Path], has_first: bool, theta_c: Optional[float], size: Optional[int],
-    scales: str, scale_list: list[float],
+    scales: str, scale_list: list[float], window: Optional[float] = None,
 ) -> tuple["VOSModel", int]:
     """Load ``--model``/``--weights`` and check the options that depend on it: a first mask
-    (unless zero-shot), ``--theta-c``, ``--scales`` at the internal size. Returns the model
-    and the internal size (``--size``, else the checkpoint's)."""
+    (unless zero-shot), ``--theta-c``, ``--scales`` at the internal size; ``--window`` (None:
+    the model's default, 0: off) set on the model. Returns the model and the internal size
+    (``--size``, else the checkpoint's)."""
     from vostool.engine import load_model
     from vostool.models import recommended_size
 
@@ -76,6 +77,8 @@ def _load_checked_model(
         if model.theta_c is None:
             raise VostoolError(f"--theta-c applies to dtn only, not '{model_name}'")
         model.theta_c = theta_c
+    if window is not None:
+        model.search_window = window or None
     internal = size if size is not None else recommended_size(model)
     if min(scale_list) * internal < model.stride or max(scale_list) * internal > SIZE_MAX:
         raise VostoolError(f"--scales {scales} at size {internal} gives internal sizes outside "
@@ -239,6 +242,10 @@ def segment(
                                             "trained with)."),
     theta_c: Optional[float] = float_option(None, "--theta-c", lo=0, hi=1, help="DTN decision threshold on "
                                             "its confidence (lower: faster, more box propagation)."),
+    window: Optional[float] = float_option(None, "--window", lo=0, hi=100, help="Search window: each object "
+                                           "is kept within its previous box grown by this multiple of the "
+                                           "box's longer side, so that look-alikes elsewhere cannot take its "
+                                           "id (0: off; default: the model's, see `vostool models`)."),
     adapt: bool = typer.Option(False, "--adapt", help="Before propagating, learn each video's objects from "
                                "the given mask (a light target model on the frozen encoder features; every "
                                "--mask-at learns its objects again); the weights are never changed."),
@@ -297,7 +304,7 @@ def segment(
                            f"(ids {', '.join(map(str, sorted(given_ids)))})")
 
     adaptation_config = _adapt_config(adapt, adapt_steps)
-    model, internal = _load_checked_model(model_name, weights, has_first, theta_c, size, scales, scale_list)
+    model, internal = _load_checked_model(model_name, weights, has_first, theta_c, size, scales, scale_list, window)
     _check_sources(paths, fps, starter, corrections)
     dist_created = init_distributed(worker)
     reports: list[dict] = [{"input": str(j.path), "skipped": True} for j in plan.skipped]

@@ -52,6 +52,7 @@ from vostool.engine.device import (
 )
 from vostool.engine.adapt import Adaptation
 from vostool.engine.fastpath import FastBackbones, fold_batchnorm, inference_copies
+from vostool.engine.window import apply_window
 from vostool.errors import VostoolError
 from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from vostool.models.base import Features, State, VOSModel
@@ -156,13 +157,16 @@ class Propagator:
         adapt: ``--adapt``: learn each video's objects from their given masks (a target
             model held by the :class:`~vostool.engine.adapt.Adaptation`, the model's
             weights untouched); None: the engine runs exactly as without it.
+        window: search window margin (:mod:`vostool.engine.window`): each object's
+            foreground is kept within its previous box grown by this multiple of the box's
+            longer side; ``"model"`` (default): the model's ``search_window``; None or 0: off.
     """
 
     def __init__(
         self, model: VOSModel, device: str | torch.device = "auto", precision: str = "auto",
         size: int | None = 480, scales: Iterable[float] = (1.0,), channels_last: bool = True,
         max_objects: int | None = None, fold_batchnorm: bool = True, threads: int | None = None,
-        backend: str = "auto", adapt: Adaptation | None = None,
+        backend: str = "auto", adapt: Adaptation | None = None, window: float | str | None = "model",
     ) -> None:
         from vostool.engine.backends import resolve_backend
 
@@ -180,6 +184,10 @@ class Propagator:
         self.channels_last = channels_last and self.device.type != "mps"
         self.max_objects = max_objects
         self.adaptation = adapt
+        #: search window margin (None: off)
+        self.window: float | None = (model.search_window if window == "model" else float(window or 0)) or None
+        #: the previous frame's merged object probabilities ``K x h x w`` at the base size
+        self._prev: torch.Tensor | None = None
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -253,6 +261,7 @@ class Propagator:
         self._base = self._make_lane(h, w, 1.0)
         self.object_ids = []
         self._union = False
+        self._prev = None
         if masks is None:
             return self._start_zero_shot(image)
         return self.add_objects(image, masks, _first=True)
@@ -279,6 +288,8 @@ class Propagator:
         if not self.object_ids:
             return self._empty_result()
         fg = self._predict(image)
+        if self.window and self._prev is not None and len(self._prev) == len(self.object_ids):
+            fg = apply_window(fg, self._prev, self.window, self._union)
         merged, feedback = self._merge(fg)
         for lane in self._lanes:
             self._feed_back(lane, feedback)
@@ -473,6 +484,8 @@ class Propagator:
 
     def _result(self, merged: torch.Tensor) -> FrameResult:
         """merged ``(K+1) x h x w`` at the base size -> FrameResult at the source size."""
+        if self.window:
+            self._remember(merged[1:])
         h, w = self._src
         if tuple(merged.shape[-2:]) != (h, w):
             down = merged.shape[-2] > h
@@ -481,6 +494,16 @@ class Propagator:
         index = self._id_table()[winner]  # channel -> object id
         probs = (merged[1:] * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
         return FrameResult(index=index, probs=probs, object_ids=list(self.object_ids))
+
+    def _remember(self, objects: torch.Tensor) -> None:
+        """Keep ``K x h x w`` object probabilities for the next frame's search window; an
+        object with no pixel left keeps where it was last seen (a look-alike elsewhere must
+        not pick up a lost object's id)."""
+        prev = self._prev
+        if prev is not None and prev.shape == objects.shape:
+            lost = ~(objects > 0.5).flatten(1).any(1)
+            objects = torch.where(lost[:, None, None], prev, objects)
+        self._prev = objects
 
     @staticmethod
     def _winner(merged: torch.Tensor) -> torch.Tensor:

@@ -87,12 +87,14 @@ def evaluate_davis(
     score_progress: Callable[[str], None] | None = None,
     adapt: AdaptConfig | None = None,
     adapt_progress: Callable[[int, int, float], None] | None = None,
+    window: float | None = None,
 ) -> EvalReport:
     """Score a DAVIS split (year 2016: single object; 2017: multi-object).
 
     With ``results_dir`` its PNGs are scored as they are; otherwise the model (``model``, default
     :data:`DEFAULT_MODEL`, and ``weights``; or ``propagator_factory()`` when given; ``size``
-    None = the checkpoint's training size) is run over the split first, writing
+    None = the checkpoint's training size; ``window``: the search window margin, None = the
+    model's default, 0 = off) is run over the split first, writing
     its PNGs under ``out_dir`` (default ``runs/eval/davis<yy>-<model>-<split>``). The CSVs go
     to ``out_dir`` (default: the results folder) and always replace older ones.
     """
@@ -114,7 +116,7 @@ def evaluate_davis(
 
             def propagator_factory() -> PropagatorLike:
                 return build_propagator(name, weights, device=device, precision=precision, size=size,
-                                        adapt=adapt, adapt_progress=adapt_progress)
+                                        adapt=adapt, adapt_progress=adapt_progress, window=window)
 
         label = model or "custom"
         out = Path(out_dir) if out_dir is not None else _default_out(benchmark, label, split)

@@ -70,11 +70,13 @@ def build_propagator(
     size: int | None = None,
     adapt: AdaptConfig | None = None,
     adapt_progress: Callable[[int, int, float], None] | None = None,
+    window: float | None = None,
 ) -> PropagatorLike:
     """Load ``model`` (and ``weights``) into the engine's Propagator.
 
     size: internal size of the shorter side; None takes the checkpoint's training size.
     adapt: ``--adapt``: each sequence learns its objects from its first mask (None: not).
+    window: search window margin (``--window``; 0: off); None takes the model's default.
     """
     from vostool.engine import Propagator, load_model  # torch is only imported when needed
     from vostool.engine.adapt import Adaptation
@@ -83,6 +85,8 @@ def build_propagator(
     net = load_model(model, weights=weights)
     if size is None:
         size = recommended_size(net)
+    if window is not None:
+        net.search_window = window or None
     adaptation = Adaptation(adapt, adapt_progress) if adapt is not None else None
     return Propagator(net, device=device, precision=precision, size=size, adapt=adaptation)
 

@@ -57,6 +57,10 @@ class VOSModel(nn.Module):
     #: a decision threshold on a confidence in [0, 1] that callers may set at run time
     #: (DTN's ``theta_c``: box propagation above it); None: the model has none
     theta_c: float | None = None
+    #: the engine's search window for this model by default (margin as a multiple of the
+    #: previous box's longer side, :mod:`vostool.engine.window`); None: no window. Callers
+    #: override it (``--window``); the value is measured per model (README).
+    search_window: float | None = None
     #: the checkpoint :func:`~vostool.models.load_model` loaded (path, metadata, inference
     #: size, normalisation, card); None for a model built without one
     weights_info: "WeightsInfo | None" = None

@@ -1,0 +1,58 @@
+"""The search window: each object's new mask is kept near where the object was.
+
+Propagation models that read only the previous mask (CRVOS's Clue) can hand an object's id to
+a look-alike region far from it (the demo's tree canopies take the ball's id); once there, the
+wrong region is fed back and propagates. Box-based trackers (DTN's box propagation, SiamMask)
+avoid this by looking only around the previous position. The window applies that prior to any
+model: an object's foreground probability is zeroed outside its previous-frame box grown by
+``margin`` times the box's longer side on every side (never less than ``MIN_PAD`` of the
+frame's longer side), before the objects are merged. The engine keeps a lost object's last
+position, so it can only come back near where it was last seen. Measured choices are in the
+README (``--window``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: the smallest growth of a box on each side, as a fraction of the frame's longer side (small
+#: objects move by more than their own size)
+MIN_PAD = 0.05
+
+
+def search_window(prev: torch.Tensor, margin: float) -> torch.Tensor:
+    """Windows of objects from their previous-frame probabilities.
+
+    prev: ``K x h x w`` probabilities in [0, 1] (an object's pixels: > 0.5).
+    Returns ``K x h x w`` of the same dtype, 1 inside each object's grown box, 0 outside; all
+    ones for an object without a pixel.
+    """
+    k, h, w = prev.shape
+    m = prev > 0.5
+    rows, cols = m.any(2), m.any(1)                      # K x h, K x w
+    present = rows.any(1)                                # K
+    y0 = rows.float().argmax(1)
+    y1 = h - 1 - rows.flip(1).float().argmax(1)
+    x0 = cols.float().argmax(1)
+    x1 = w - 1 - cols.flip(1).float().argmax(1)
+    side = torch.maximum(y1 - y0 + 1, x1 - x0 + 1).float()
+    pad = torch.clamp(margin * side, min=MIN_PAD * max(h, w))
+    ys = torch.arange(h, device=prev.device).float()[None]  # 1 x h
+    xs = torch.arange(w, device=prev.device).float()[None]
+    in_y = (ys >= (y0.float() - pad)[:, None]) & (ys <= (y1.float() + pad)[:, None])  # K x h
+    in_x = (xs >= (x0.float() - pad)[:, None]) & (xs <= (x1.float() + pad)[:, None])  # K x w
+    window = (in_y[:, :, None] & in_x[:, None, :]) | ~present[:, None, None]
+    return window.to(prev.dtype)
+
+
+def apply_window(fg: torch.Tensor, prev: torch.Tensor, margin: float, union: bool) -> torch.Tensor:
+    """Zero each object's foreground outside its window.
+
+    fg: ``R x 1 x h x w`` per-row foreground probabilities (R = K objects, plus their union as a
+    last row when ``union``); prev: ``K x h x w`` the previous frame's merged probabilities of
+    the K objects. The union row gets the union of the windows. Returns ``R x 1 x h x w``.
+    """
+    win = search_window(prev.to(fg.dtype), margin)
+    if union:
+        win = torch.cat([win, win.amax(0, keepdim=True)])
+    return fg * win[:, None]
