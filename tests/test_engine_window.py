@@ -94,10 +94,11 @@ def test_a_far_look_alike_takes_the_id_without_the_window_and_not_with_it():
         assert np.array_equal(got, truth)  # the object is followed, the look-alike left alone
 
 
-def test_a_lost_object_keeps_its_last_place():
-    got, masks = _run(window=1.0, distractor_from=2, object_until=4)
-    assert np.array_equal(got[3], masks[3])
-    assert not (got[4] == 1).any() and not (got[5] == 1).any()  # gone, and not reborn far away
+def test_a_lost_object_can_come_back_anywhere():
+    got, masks = _run(window=1.0, distractor_from=5, object_until=3)
+    assert np.array_equal(got[2], masks[2])
+    assert not (got[3] == 1).any() and not (got[4] == 1).any()  # gone
+    assert (got[5][40:50, 80:90] == 1).all()  # no window while lost: found again far away
 
 
 def test_model_default_and_off_are_what_the_engine_uses():

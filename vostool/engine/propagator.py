@@ -484,8 +484,7 @@ class Propagator:
 
     def _result(self, merged: torch.Tensor) -> FrameResult:
         """merged ``(K+1) x h x w`` at the base size -> FrameResult at the source size."""
-        if self.window:
-            self._remember(merged[1:])
+        self._prev = merged[1:] if self.window else None
         h, w = self._src
         if tuple(merged.shape[-2:]) != (h, w):
             down = merged.shape[-2] > h
@@ -494,16 +493,6 @@ class Propagator:
         index = self._id_table()[winner]  # channel -> object id
         probs = (merged[1:] * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
         return FrameResult(index=index, probs=probs, object_ids=list(self.object_ids))
-
-    def _remember(self, objects: torch.Tensor) -> None:
-        """Keep ``K x h x w`` object probabilities for the next frame's search window; an
-        object with no pixel left keeps where it was last seen (a look-alike elsewhere must
-        not pick up a lost object's id)."""
-        prev = self._prev
-        if prev is not None and prev.shape == objects.shape:
-            lost = ~(objects > 0.5).flatten(1).any(1)
-            objects = torch.where(lost[:, None, None], prev, objects)
-        self._prev = objects
 
     @staticmethod
     def _winner(merged: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,10 @@ wrong region is fed back and propagates. Box-based trackers (DTN's box propagati
 avoid this by looking only around the previous position. The window applies that prior to any
 model: an object's foreground probability is zeroed outside its previous-frame box grown by
 ``margin`` times the box's longer side on every side (never less than ``MIN_PAD`` of the
-frame's longer side), before the objects are merged. The engine keeps a lost object's last
-position, so it can only come back near where it was last seen. Measured choices are in the
-README (``--window``).
+frame's longer side), before the objects are merged. An object with no pixel left gets no
+window, so that it can come back anywhere (DAVIS's bmx-bumps: the rider, hidden for 15 frames,
+reappears away from where he was lost; keeping the last place lowered its J from 0.54 to 0.45).
+Measured choices are in the README (``--window``).
 """
 
 from __future__ import annotations
