@@ -34,6 +34,15 @@ Choices where the paper is silent (or deviations):
 - Multi-object: objects run as one batch and are merged with RGMP's soft aggregation
   in the engine; the paper "overlaps them by comparing the scores", which the soft
   aggregation's argmax does.
+- Search window (the engine's, :mod:`vostool.engine.window`; not in the paper): the Clue is
+  the only place CRVOS learns where its object is, so a look-alike far away can take the
+  object's id and keep it (the demo's tree canopies take the ball's). By default each
+  object's foreground is kept within its previous box grown by 1.0 x the box's longer side.
+  Measured with the shipped weights at size 448, fp32 on an AVX2 CPU (``vostool eval ...
+  --window M``; README, "The search window"): dev split J&F 0.717 off, 0.723 at 1.0;
+  two-object dev pairs 0.673 off, 0.736 at 1.0; the demo's ball IoU 0.462 off, 0.965 at 1.0
+  (kite 0.344 / 0.366); a margin of 2.0 leaves the demo's ball at 0.424 (the trees are
+  within it).
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class CRVOS(VOSModel):
     State: ``{"clue_mask": K x 2 x H/16 x W/16}`` (background, object probabilities).
     predict -> ``K x 2 x H x W`` logits.
     """
+
+    search_window = 1.0  # measured: see the module docstring
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False,
