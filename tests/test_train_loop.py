@@ -243,6 +243,15 @@ def test_pretrain_stage_then_video_with_init_and_export(tmp_path):
     assert half["dtype"] == "float16"
     load_model("crvos", weights=tmp_path / "weights/h.safetensors")
 
+    # a stage started from the exported file keeps its history: commands from the weights,
+    # stage records (iterations, wall time) from the card beside them
+    more = dataclasses.replace(_tiny_cfg(tmp_path, "more", 1), init=str(dst), command="vostool train (more)")
+    train(more)
+    again = export_run(tmp_path / "more/last.pt", tmp_path / "weights2/crvos.safetensors", fp16=False)
+    assert again["commands"] == run["commands"] + ["vostool train (more)"]
+    assert [st["stage"] for st in again["stages"]] == ["pretrain", "video", "video"]
+    assert again["total_iterations"] == 3
+
 
 def test_cli_train_and_export(tmp_path, monkeypatch):
     from typer.testing import CliRunner

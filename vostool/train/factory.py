@@ -67,6 +67,20 @@ def build_train_model(cfg: TrainConfig) -> VOSModel:
                        **extra)
 
 
+def _card_stages(path: Path) -> list[dict[str, Any]]:
+    """The stage records of exported weights: from the card beside them (``NAME.json``, written
+    by export with the weights), so that a stage started from shipped weights keeps their
+    history (iterations, wall time); none without a card."""
+    card = path.with_suffix(".json")
+    if not card.is_file():
+        return []
+    try:
+        stages = json.loads(card.read_text()).get("stages") or []
+    except (OSError, ValueError):
+        return []
+    return [s for s in stages if isinstance(s, dict)]
+
+
 def load_init_weights(model: VOSModel, path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
     """Load a previous stage's weights strictly; returns the commands and stage records
     that made them."""
@@ -76,7 +90,7 @@ def load_init_weights(model: VOSModel, path: str | Path) -> tuple[list[str], lis
         if meta.get("model", model.name) != model.name:
             raise VostoolError(f"{path} holds weights for model '{meta['model']}', not '{model.name}'")
         load_weights_strict(model, state, source=str(path))
-        return json.loads(meta.get("commands", "[]")), []
+        return json.loads(meta.get("commands", "[]")), _card_stages(path)
     ck = RunCheckpoint.load(path)
     if ck.config is not None and ck.config.model != model.name:
         raise VostoolError(f"{path} holds weights for model '{ck.config.model}', not '{model.name}'")
