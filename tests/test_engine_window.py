@@ -5,25 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_engine import CopyModel
 
 from vostool.engine import Propagator
 from vostool.engine.window import MIN_PAD, apply_window, search_window
-from vostool.models import VOSModel
 
 
-class BrightModel(VOSModel):
+class BrightModel(CopyModel):
     """An appearance-only model: every bright pixel is the object (a look-alike anywhere in the
     frame takes the object's id unless something stops it)."""
 
     name = "bright"
-    stride = 8
-
-    def __init__(self) -> None:
-        super().__init__("none")
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def encode(self, image):
-        return {"x": image[:, :1]}
 
     def init_state(self, image, feats, masks):
         return {"n": masks[:, :1, :1, :1]}
