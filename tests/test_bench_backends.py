@@ -158,3 +158,63 @@ def test_segment_backend_errors_before_any_output(tmp_path, monkeypatch):
                                      *extra])
         assert r.exit_code != 0 and words in r.output and "Traceback" not in r.output
         assert not out.exists()
+
+
+def test_onnxruntime_decoder_matches_torch_and_follows_the_weights():
+    """crvos declares graph_state_keys: its decoder runs as an ONNX Runtime graph whose
+    logits equal torch's, rebuilt when the weights change between videos."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = build_model("crvos").eval()
+    feats = {"s4": torch.randn(2, 24, 12, 20), "s8": torch.randn(2, 32, 6, 10), "s16": torch.randn(2, 320, 3, 5)}
+    state = {"clue_mask": torch.softmax(torch.randn(2, 2, 3, 5), 1)}
+    graph = backends.OrtPredict(model, model.graph_state_keys)
+    with torch.inference_mode():
+        ref = model.predict(torch.empty(0), feats, state)
+        got = graph({k: v.contiguous(memory_format=torch.channels_last) for k, v in feats.items()}, state)
+    assert got is not None and not graph.fallback
+    assert got.shape == ref.shape == (2, 2, 48, 80)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+    _, prop = _run(model, "onnxruntime")
+    assert prop.inference_path.count("onnxruntime") >= 2 and "decoder on onnxruntime" in prop.inference_path
+    first = prop._graph
+    with torch.no_grad():
+        model.predictor.bias.add_(1.0)  # the weights change between two videos
+    ref2, _ = _run(model, "torch")
+    got2, prop2 = _run(model, "onnxruntime")
+    for a, b in zip(ref2, got2):
+        assert np.abs(a.probs.astype(int) - b.probs.astype(int)).max() <= 1
+    prop.start(SyntheticClip(48, 80, objects=2).frame(0), SyntheticClip(48, 80, objects=2).first_mask())
+    assert prop._graph is not first  # the same Propagator re-exports for the new weights
+
+
+def test_onnxruntime_decoder_falls_back_to_torch(monkeypatch):
+    """A decoder that cannot be exported runs in torch, and the inference path says why."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    torch.manual_seed(0)
+    model = build_model("crvos")
+    ref, _ = _run(model, "torch")
+    real_export = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda module, *a, **k: broken() if isinstance(
+        module, backends._PredictGraph) else real_export(module, *a, **k))
+    got, prop = _run(model, "onnxruntime")
+    assert "decoder on torch (decoder export failed (RuntimeError))" in prop.inference_path
+    assert "backbones on onnxruntime" in prop.inference_path
+    for a, b in zip(ref, got):
+        assert np.abs(a.probs.astype(int) - b.probs.astype(int)).max() <= 1
+
+
+def test_models_without_a_graph_keep_the_torch_decoder():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    _, prop = _run(build_model("gam"), "onnxruntime", objects=1)
+    assert build_model("gam").graph_state_keys is None
+    assert prop._graph is None and "decoder" not in prop.inference_path

@@ -197,3 +197,21 @@ def test_checkpoint_round_trip_gives_identical_outputs(name: str, backbone: str,
     with torch.no_grad():
         a, b = _run(model, images, first), _run(loaded, images, first)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize(("name", "backbone"), CASES)
+def test_graph_state_keys_tell_the_truth(name: str, backbone: str, one_thread) -> None:
+    """A model that declares ``graph_state_keys`` (its predict may run as one exported graph)
+    predicts the same without its image and from those state tensors alone."""
+    model = _build(name, backbone).eval()
+    keys = model.graph_state_keys
+    if keys is None:
+        pytest.skip(f"{name} runs predict in torch only")
+    g = torch.Generator().manual_seed(2)
+    images = [torch.randn(1, 3, H, W, generator=g) for _ in range(2)]
+    with torch.no_grad():
+        feats = [model.expand_features(model.encode(img), 2) for img in images]
+        state = model.init_state(images[0].expand(2, -1, -1, -1), feats[0], torch.cat([_box(10, 10), _box(30, 50)]))
+        ref = model.predict(images[1].expand(2, -1, -1, -1), feats[1], state)
+        got = model.predict(torch.empty(0), feats[1], {k: state[k] for k in keys})
+    assert torch.equal(ref, got)

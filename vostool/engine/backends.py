@@ -1,11 +1,14 @@
-"""Inference backends for the models' frame encoders (backbones): torch or ONNX Runtime.
+"""Inference backends for the models' frame encoders (backbones) and decoders: torch or ONNX Runtime.
 
 The frame encoder is most of a frame's time on a CPU. With ``torch`` it runs as the
 engine's folded inference copy (oneDNN; bf16 autocast where the CPU computes bf16
 natively). With ``onnxruntime`` (optional: ``pip install vostool[onnx]``) the same folded
 fp32 copy is exported to ONNX once per model and run by ONNX Runtime's CPU kernels
 (MLAS), which are about 2x faster than oneDNN fp32 on MobileNetV2-style depthwise
-networks; everything after the encoder (decoder, merging, resizing) stays in torch.
+networks. A model whose ``predict`` is a pure tensor function of its features and some
+state tensors (:attr:`VOSModel.graph_state_keys`: crvos) has its decoder exported too
+(:class:`OrtPredict`, one graph per input shape); merging, the search window and
+resizing stay in torch.
 
 ``auto`` picks ``onnxruntime`` on CPUs without native bf16 when it is installed, and
 ``torch`` everywhere else (bf16 on CPUs with AVX-512 BF16 / AMX, CUDA, MPS).
@@ -72,6 +75,21 @@ def resolve_backend(name: str, device: torch.device, precision: str) -> tuple[st
     return "onnxruntime", "no native bf16 and onnxruntime is installed (its fp32 kernels beat oneDNN's)"
 
 
+def ort_session(model_bytes: bytes, threads: int) -> Any:
+    """An ONNX Runtime CPU session of an exported graph with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no busy-waiting between ops: on a CPU shared with decoding/writing threads
+    # (or other programs) spinning threads steal the cores the work needs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
 class _Outputs(nn.Module):
     """A backbone with a tuple output in a fixed key order (what ONNX export takes)."""
 
@@ -92,9 +110,8 @@ class OrtBackbone(nn.Module):
 
     def __init__(self, backbone: nn.Module, in_channels: int) -> None:
         super().__init__()
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (fails here, before any export, where it is not installed)
 
-        self._ort = ort
         self.channels = dict(backbone.channels) if isinstance(backbone, Backbone) else {}
         probe = torch.zeros(1, in_channels, 64, 96)
         with torch.inference_mode(False), torch.no_grad():
@@ -114,16 +131,7 @@ class OrtBackbone(nn.Module):
         """The session that runs with ``threads`` intra-op threads (built on first use)."""
         sess = self._sessions.get(threads)
         if sess is None:
-            so = self._ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            so.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
-            so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # no busy-waiting between ops: on a CPU shared with decoding/writing threads
-            # (or other programs) spinning threads steal the cores the work needs
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            sess = self._ort.InferenceSession(self.model_bytes, so, providers=["CPUExecutionProvider"])
-            self._sessions[threads] = sess
+            sess = self._sessions[threads] = ort_session(self.model_bytes, threads)
         return sess
 
     @torch.compiler.disable  # ONNX Runtime is opaque to torch.compile (bench --compile): run it as is
@@ -137,6 +145,90 @@ class OrtBackbone(nn.Module):
             t = torch.from_numpy(a)
             feats[k] = t.contiguous(memory_format=torch.channels_last) if channels_last else t
         return feats
+
+
+class _PredictGraph(nn.Module):
+    """``model.predict`` with positional tensor inputs (features, then state tensors),
+    what ONNX export takes; the image is not an input (the model declares it unused)."""
+
+    def __init__(self, model: nn.Module, feat_keys: list[str], state_keys: list[str]) -> None:
+        super().__init__()
+        self.model, self.feat_keys, self.state_keys = model, feat_keys, state_keys
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        n = len(self.feat_keys)
+        feats = dict(zip(self.feat_keys, tensors[:n]))
+        state = dict(zip(self.state_keys, tensors[n:]))
+        return self.model.predict(torch.empty(0), feats, state)  # type: ignore[operator]
+
+
+class OrtPredict:
+    """A model's ``predict`` run by ONNX Runtime on the CPU, fp32.
+
+    ``model.predict`` must ignore its image and be a pure tensor function of the features
+    and the state tensors ``state_keys`` (:attr:`VOSModel.graph_state_keys`). The graph is
+    exported once per set of input shapes (a video's frames all have one) from the model's
+    current weights, and kept only if its logits match torch's on that first input
+    (relative error < 1e-3); otherwise :meth:`__call__` returns None from then on and
+    :attr:`fallback` says why. One session per thread count (the thread governor).
+    """
+
+    def __init__(self, model: nn.Module, state_keys: tuple[str, ...]) -> None:
+        import onnxruntime  # noqa: F401  (fails here where it is not installed)
+
+        self.model = model
+        self.state_keys = list(state_keys)
+        #: why the graph fell back to torch ("" while it has not)
+        self.fallback = ""
+        self._graphs: dict[tuple[Any, ...], bytes] = {}
+        self._sessions: dict[tuple[tuple[Any, ...], int], Any] = {}
+
+    def __call__(self, feats: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """feats: ``K x C x h x w`` maps (any layout); state: the model's state. Returns
+        ``K x 2 x H x W`` float32 logits, or None when the graph is not usable."""
+        if self.fallback:
+            return None
+        keys = sorted(feats)
+        inputs = [feats[k] for k in keys] + [state[k] for k in self.state_keys]
+        arrays = [t.detach().to(torch.float32).contiguous().numpy() for t in inputs]
+        shape = (tuple(keys), *(a.shape for a in arrays))
+        if shape not in self._graphs and not self._export(shape, keys, inputs):
+            return None
+        threads = torch.get_num_threads()
+        sess = self._sessions.get((shape, threads))
+        if sess is None:
+            sess = self._sessions[(shape, threads)] = ort_session(self._graphs[shape], threads)
+        names = [i.name for i in sess.get_inputs()]
+        out = sess.run(None, dict(zip(names, arrays)))[0]
+        return torch.from_numpy(out)
+
+    def _export(self, shape: tuple[Any, ...], keys: list[str], inputs: list[torch.Tensor]) -> bool:
+        graph = _PredictGraph(self.model, keys, self.state_keys).eval()
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                args = tuple(t.detach().to(torch.float32).contiguous().clone() for t in inputs)
+                buf = io.BytesIO()
+                with _quiet():
+                    torch.onnx.export(graph, args, buf, input_names=[f"in{i}" for i in range(len(args))],
+                                      output_names=["logits"], opset_version=17, dynamo=False)
+                ref = graph(*args).float()
+            sess = ort_session(buf.getvalue(), torch.get_num_threads())
+            got = torch.from_numpy(sess.run(None, {f"in{i}": a.numpy() for i, a in enumerate(args)})[0])
+        except Exception as exc:  # an op the exporter or ONNX Runtime does not take
+            self.fallback = f"decoder export failed ({type(exc).__name__})"
+            return False
+        err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        if not err < 1e-3:
+            self.fallback = f"decoder logits differ from torch (relative error {err:.1e})"
+            return False
+        while len(self._graphs) >= 4:  # a few sizes (multi-scale lanes, eval's sequences)
+            old = next(iter(self._graphs))
+            del self._graphs[old]
+            self._sessions = {k: v for k, v in self._sessions.items() if k[0] != old}
+        self._graphs[shape] = buf.getvalue()
+        self._sessions[(shape, torch.get_num_threads())] = sess
+        return True
+
 
 
 class _quiet:

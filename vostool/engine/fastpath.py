@@ -203,8 +203,9 @@ def _relative_error(a: nn.Module, b: nn.Module) -> float:
                for k in ya)
 
 
-def _fingerprint(module: nn.Module) -> int:
-    """Changes when any weight or buffer is replaced or updated in place."""
+def fingerprint(module: nn.Module) -> int:
+    """A hash of ``module``'s tensors that changes when any weight or buffer is replaced
+    or updated in place."""
     return hash(tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in
                       [*module.parameters(), *module.buffers()]))
 
@@ -249,7 +250,7 @@ class FastBackbones:
             self.copies.clear()
         with torch.inference_mode(False), torch.no_grad():
             for _, _, original in self.slots:
-                fp = _fingerprint(original)
+                fp = fingerprint(original)
                 cached = self.copies.get(id(original))
                 if cached is None or cached[0] != fp:
                     fused = self._ort_copy(original) if self.backend == "onnxruntime" else None
@@ -264,7 +265,7 @@ class FastBackbones:
         features as the torch copy (else None and a note in ``fallbacks``)."""
         from vostool.engine.backends import OrtBackbone, first_conv_in_channels
 
-        key = (id(original), _fingerprint(original))
+        key = (id(original), fingerprint(original))
         if key in _ORT_CACHE:  # the same weights in another Propagator (segment: one per video)
             return _ORT_CACHE[key]
         folded = fold_batchnorm(original, None)

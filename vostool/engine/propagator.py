@@ -51,7 +51,8 @@ from vostool.engine.device import (
     ThreadGovernor, autocast, configure_torch, device_name, resolve_device, resolve_precision,
 )
 from vostool.engine.adapt import Adaptation
-from vostool.engine.fastpath import FastBackbones, fold_batchnorm, inference_copies
+from vostool.engine.backends import OrtPredict
+from vostool.engine.fastpath import FastBackbones, fingerprint, fold_batchnorm, inference_copies
 from vostool.engine.window import apply_window
 from vostool.errors import VostoolError
 from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD
@@ -210,6 +211,10 @@ class Propagator:
         self._fast: FastBackbones | None = None
         if fold_batchnorm or self.backend == "onnxruntime":
             self._fast = inference_copies(self.model, self.device, self.precision, self.channels_last, self.backend)
+        #: the decoder run by ONNX Runtime (backend onnxruntime, models that declare
+        #: graph_state_keys), rebuilt when the model's weights change; None: torch
+        self._graph: OrtPredict | None = None
+        self._graph_fp = 0
 
     @property
     def geometry(self) -> Geometry | None:
@@ -239,6 +244,8 @@ class Propagator:
         kind = {"fp32": "fp32 eager", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.precision]
         layout = "channels_last" if self.channels_last else "NCHW"
         enc = self._fast.describe() if self._fast is not None else "backbones on torch"
+        if self._graph is not None:
+            enc += f", decoder on torch ({self._graph.fallback})" if self._graph.fallback else ", decoder on onnxruntime"
         return f"{kind} {layout}, {enc}: {self.backend_reason}"
 
     # -- public API -------------------------------------------------------------------
@@ -249,6 +256,7 @@ class Propagator:
         given mask itself in semi-supervised mode)."""
         if self._fast is not None:
             self._fast.refresh()  # the model's weights may have changed since the last video
+        self._refresh_graph()
         if self.adaptation is not None:
             self.adaptation.reset()
         return self._start(image, masks)
@@ -413,6 +421,26 @@ class Propagator:
             feats = self.model.encode(x)
         return x, feats
 
+    def _refresh_graph(self) -> None:
+        """(Re)build the ONNX Runtime decoder when it applies and the weights changed."""
+        keys = self.model.graph_state_keys
+        if self.backend != "onnxruntime" or keys is None:
+            return
+        fp = fingerprint(self.model)
+        if self._graph is None or fp != self._graph_fp:
+            self._graph, self._graph_fp = OrtPredict(self.model, keys), fp
+
+    def _run_predict(self, lane: _Lane, k: int) -> torch.Tensor:
+        """The model's logits ``K x 2 x h x w`` for ``lane``'s current frame (ONNX Runtime
+        decoder where it runs, else torch)."""
+        feats = self.model.expand_features(lane.feats, k)
+        if self._graph is not None:
+            logits = self._graph(feats, lane.state)
+            if logits is not None:
+                return logits
+        with autocast(self.device, self.precision):
+            return self.model.predict(self._expand_img(lane.image, k), feats, lane.state)
+
     @staticmethod
     def _expand_img(x: torch.Tensor, k: int) -> torch.Tensor:
         return x.expand(k, *x.shape[1:])
@@ -425,9 +453,7 @@ class Propagator:
         out = []
         for lane in self._lanes:
             lane.image, lane.feats = self._encode(image, lane)
-            with autocast(self.device, self.precision):
-                logits = self.model.predict(
-                    self._expand_img(lane.image, k), self.model.expand_features(lane.feats, k), lane.state)
+            logits = self._run_predict(lane, k)
             if self.adaptation is not None:
                 logits = self.adaptation.correct(logits, lane.feats, self.object_ids,
                                                  self.model.appearance_features)

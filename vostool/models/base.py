@@ -61,6 +61,11 @@ class VOSModel(nn.Module):
     #: previous box's longer side, :mod:`vostool.engine.window`); None: no window. Callers
     #: override it (``--window``); the value is measured per model (README).
     search_window: float | None = None
+    #: the state tensors :meth:`predict` reads, when ``predict`` ignores its image and is a
+    #: pure tensor function of the features and these tensors (no branches on values, no
+    #: state written): the engine may then run it as one exported graph (ONNX Runtime,
+    #: :class:`~vostool.engine.backends.OrtPredict`). None: predict always runs in torch.
+    graph_state_keys: ClassVar[tuple[str, ...] | None] = None
     #: the checkpoint :func:`~vostool.models.load_model` loaded (path, metadata, inference
     #: size, normalisation, card); None for a model built without one
     weights_info: "WeightsInfo | None" = None

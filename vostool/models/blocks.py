@@ -29,7 +29,8 @@ def coord_maps(
     xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     rr = torch.sqrt(yy * yy + xx * xx) * (2.0 / 2.0**0.5) - 1.0
-    return torch.stack([yy, xx, rr]).unsqueeze(0).expand(batch, 3, height, width)
+    # .to(dtype): a no-op in eager mode; ONNX export traces linspace as double otherwise
+    return torch.stack([yy, xx, rr]).to(dtype).unsqueeze(0).expand(batch, 3, height, width)
 
 
 def soft_aggregate(probs: torch.Tensor, eps: float = 1e-7, background: torch.Tensor | None = None) -> torch.Tensor:

@@ -72,6 +72,7 @@ class CRVOS(VOSModel):
     """
 
     search_window = 1.0  # measured: see the module docstring
+    graph_state_keys = ("clue_mask",)  # predict: features + the Clue's mask, image unused
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False,
