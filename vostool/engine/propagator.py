@@ -415,7 +415,7 @@ class Propagator:
         x = x.sub_(self._mean).div_(self._std)
         if (lane.ph, lane.pw) != (lane.h, lane.w):
             x = F.pad(x, (0, lane.pw - lane.w, 0, lane.ph - lane.h), mode="replicate")
-        if self.channels_last:
+        if self.channels_last and self._graph is None:  # ONNX Runtime end to end takes NCHW as it is
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
             feats = self.model.encode(x)
