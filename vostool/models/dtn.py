@@ -86,6 +86,11 @@ Choices where the paper is silent:
 - Multi-object: objects are a batch; their masks are merged with RGMP's soft
   aggregation in the engine, background term ``1 - max_k p_k`` (the paper does not say
   how it merges objects).
+- No engine search window by default (:mod:`vostool.engine.window`): DTN already confines
+  each object to its propagated or re-identified box, and the window changed nothing
+  measurable (shipped weights, size 480, fp32 on an AVX2 CPU, ``vostool eval ... --window
+  M``, 2026-12-07: dev split J&F 0.611 off, 0.611 at 1.0; two-object dev pairs 0.667 at
+  both, identical to four decimals).
 
 Runtime options (plain attributes, not saved in checkpoints): ``theta_c`` (float) and
 the flow (``set_flow(name)``, see :func:`vostool.models.flow.get_flow`). Per-frame stream

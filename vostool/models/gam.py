@@ -82,6 +82,12 @@ Choices where the paper is silent (or deviations):
 - Multi-object: objects run as one batch (one memory each), merged by RGMP's soft
   aggregation in the engine (background term ``1 - max_k p_k``: the paper does not say
   how it merges objects); each object's mask encoder sees its merged probability.
+- Search window (the engine's, :mod:`vostool.engine.window`; not in the paper) on by default,
+  margin 1.0: each object's foreground is kept within its previous box grown by 1.0 x the
+  box's longer side. Measured with the shipped weights at size 480, fp32 on an AVX2 CPU
+  (``vostool eval ... --window M``, 2026-12-07): dev split J&F 0.643 off, 0.646 at 1.0;
+  two-object dev pairs 0.544 off, 0.661 at 1.0 (global attention matches the other
+  object's look-alike pixels anywhere in the frame; the window keeps them out).
 """
 
 from __future__ import annotations
@@ -237,6 +243,7 @@ class GAM(VOSModel):
     """
 
     stride = 16
+    search_window = 1.0  # measured: see the module docstring
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False, key_dim: int = 64,
