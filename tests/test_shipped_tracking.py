@@ -7,8 +7,10 @@ must follow both: mean IoU over the clip >= 0.7 for each object and >= 0.5 on th
 
 Measured with the files shipped on 2026-12-06 (16 frames, fp32, one thread): crvos 0.99 / 0.99
 (disc / square, mean IoU); gam and dtn lose the square within 1-3 frames (mean IoU 0.03 and
-0.00), rgmp and rvos lose both (0.16 / 0.00 and 0.06 / 0.00 over 23 frames). Those models are marked as expected failures (strict: the
-mark must be removed when retrained weights pass), the open work of issue 12.
+0.00), rgmp and rvos lose both (0.16 / 0.00 and 0.06 / 0.00 over 23 frames). The rgmp retrained
+on 2026-12-07 with still-image clips mixed in keeps both (0.97 / 0.92). The models that still
+lose one are marked as expected failures (strict: the mark must be removed when retrained
+weights pass), the open work of issue 12.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from synthetic import disc_and_square_clip
 from vostool.engine import Propagator, load_model
 from vostool.models import list_models, recommended_size
 
-LOSES_OBJECTS = {"gam", "dtn", "rgmp", "rvos"}  # shipped weights of 2026-12-06, see above
+LOSES_OBJECTS = {"gam", "dtn", "rvos"}  # shipped weights of 2026-12-07, see above
 
 
 def _params():

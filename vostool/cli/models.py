@@ -42,7 +42,8 @@ def models(
         table.add_column(col, overflow="ellipsis", no_wrap=True)
     for r in rows:
         card = r["card"]
-        dev = (card.get("dev_split") or {}).get("JF")
+        # what `vostool eval` gives for the file with every default, where the card records it
+        dev = (card.get("dev_split_by_eval") or card.get("dev_split") or {}).get("JF")
         size = r["inference_size"]
         table.add_row(r["model"], f"{r['weights_mb']} MiB" if r["weights"] else "none",
                       str(card.get("backbone", r["default_backbone"])) if r["weights"] else "-",

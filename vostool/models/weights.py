@@ -149,8 +149,8 @@ class Weights(Enum):
         15739452, 480, "mobilenet_v2", "gam.json",
     )
     RGMP = WeightsRecord(
-        "rgmp", "rgmp.safetensors", "68af25ac6504c7ebdeaa9c1a565248801b86c4ba0c1efc87ac070881cb1e5616",
-        20366580, 240, "mobilenet_v2", "rgmp.json",
+        "rgmp", "rgmp.safetensors", "3ebd899ad0420ca9fbaba49da91bc9acc5fea0e6f03a9dc146bf529081d8b653",
+        20367020, 240, "mobilenet_v2", "rgmp.json",
     )
     RVOS = WeightsRecord(
         "rvos", "rvos.safetensors", "6ff153d7e7d48239954db8e63b2b3c9b5d362bd80d12e376e43ba87ef2757dba",
