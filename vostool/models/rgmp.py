@@ -75,9 +75,11 @@ Choices where the paper is silent (or deviations):
   trainer that wants that puts the reference frame first in the clip).
 - Search window (the engine's, :mod:`vostool.engine.window`; not in the paper) on by default,
   margin 1.0: each object's foreground is kept within its previous box grown by 1.0 x the
-  box's longer side. Measured with the shipped weights at size 240, fp32 on an AVX2 CPU
-  (``vostool eval ... --window M``, 2026-12-07): dev split J&F 0.606 off, 0.606 at 1.0;
-  two-object dev pairs 0.329 off, 0.430 at 1.0 (the second object is taken over less often).
+  box's longer side. Measured at size 240, fp32 on an AVX2 CPU (``vostool eval ... --window
+  M``, 2026-12-07): with the weights shipped until then, dev split J&F 0.606 off, 0.606 at
+  1.0, two-object dev pairs 0.329 off, 0.430 at 1.0; with the retrained weights shipped
+  since (still-image clips mixed in), dev 0.609 off, 0.622 at 1.0, pairs 0.576 off, 0.639
+  at 1.0 (the second object is taken over less often).
 """
 
 from __future__ import annotations
