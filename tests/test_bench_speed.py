@@ -241,3 +241,25 @@ def test_fast_path_seam_swaps_copies_in_and_back():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert inference_copies(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), torch.device("cpu"), "fp32",
                             channels_last=False) is None  # no Backbone: nothing to swap
+
+
+def test_thread_governor_does_not_time_a_counts_first_frame():
+    """The first frame at a thread count builds its ONNX Runtime sessions (and warms caches):
+    a slow first frame at two threads must not make one thread look faster."""
+    from vostool.engine.device import ThreadGovernor
+
+    before = torch.get_num_threads()
+    try:
+        gov = ThreadGovernor(2)
+        firsts: set[int] = set()
+
+        def cost(n, i):
+            if n not in firsts:
+                firsts.add(n)
+                return 1.0  # session creation and the decoder's export
+            return 0.087 if n == 2 else 0.150
+
+        seen = _simulate(gov, cost, 100)
+        assert gov.best == 2 and seen.count(2) > 0.9 * len(seen)
+    finally:
+        torch.set_num_threads(before)

@@ -208,8 +208,10 @@ class ThreadGovernor:
     keeps the faster (medians, so the slower first frame after a switch does not
     decide); a count that lost is probed less and less often (exponential back-off), a
     probe that is clearly slower stops after one frame, and every count is probed again
-    soon when the frames get much slower (the load changed). Masks do not depend on the
-    thread count.
+    soon when the frames get much slower (the load changed). The first frame ever run at
+    a count is not timed: it builds that count's ONNX Runtime sessions and warms its
+    caches (timing it made ONNX Runtime's two threads look slower than one: 153 ms a
+    frame at one thread where two take 87). Masks do not depend on the thread count.
     """
 
     PROBE_FRAMES = 3      # frames per probe (their median is compared)
@@ -233,6 +235,8 @@ class ThreadGovernor:
         self.reference: float | None = None
         #: frames run at each thread count
         self.used: dict[int, int] = {n: 0 for n in self.options}
+        #: counts that have run a frame already (their first frame is not timed)
+        self.warm: set[int] = set()
 
     @property
     def threads(self) -> int:
@@ -248,6 +252,9 @@ class ThreadGovernor:
         """After a frame: record its wall time and decide what the next frames use."""
         n = self.threads
         self.used[n] += 1
+        if n not in self.warm:  # first frame at this count: sessions built, caches cold
+            self.warm.add(n)
+            return
         if self.probe is not None:
             self.recent[n].append(seconds)
             best = _median(self.recent[self.best])
