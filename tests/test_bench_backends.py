@@ -183,7 +183,7 @@ def test_onnxruntime_decoder_matches_torch_and_follows_the_weights():
     with torch.no_grad():
         model.predictor.bias.add_(1.0)  # the weights change between two videos
     ref2, _ = _run(model, "torch")
-    got2, prop2 = _run(model, "onnxruntime")
+    got2, _ = _run(model, "onnxruntime")
     for a, b in zip(ref2, got2):
         assert np.abs(a.probs.astype(int) - b.probs.astype(int)).max() <= 1
     prop.start(SyntheticClip(48, 80, objects=2).frame(0), SyntheticClip(48, 80, objects=2).first_mask())

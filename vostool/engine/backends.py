@@ -198,9 +198,7 @@ class OrtPredict:
         sess = self._sessions.get((shape, threads))
         if sess is None:
             sess = self._sessions[(shape, threads)] = ort_session(self._graphs[shape], threads)
-        names = [i.name for i in sess.get_inputs()]
-        out = sess.run(None, dict(zip(names, arrays)))[0]
-        return torch.from_numpy(out)
+        return torch.from_numpy(sess.run(None, {f"in{i}": a for i, a in enumerate(arrays)})[0])
 
     def _export(self, shape: tuple[Any, ...], keys: list[str], inputs: list[torch.Tensor]) -> bool:
         graph = _PredictGraph(self.model, keys, self.state_keys).eval()
@@ -228,7 +226,6 @@ class OrtPredict:
         self._graphs[shape] = buf.getvalue()
         self._sessions[(shape, torch.get_num_threads())] = sess
         return True
-
 
 
 class _quiet:

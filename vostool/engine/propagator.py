@@ -65,6 +65,9 @@ __all__ = ["Geometry", "Propagator", "ScaleGeometry", "propagate", "fold_batchno
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: ONNX Runtime decoders by (id, fingerprint) of the model (the last few)
+_ORT_PREDICTS: dict[tuple[int, int], OrtPredict] = {}
+
 
 def _fast(method: _F) -> _F:
     """Run a method with the backbones swapped for their inference copies."""
@@ -214,7 +217,6 @@ class Propagator:
         #: the decoder run by ONNX Runtime (backend onnxruntime, models that declare
         #: graph_state_keys), rebuilt when the model's weights change; None: torch
         self._graph: OrtPredict | None = None
-        self._graph_fp = 0
 
     @property
     def geometry(self) -> Geometry | None:
@@ -415,7 +417,8 @@ class Propagator:
         x = x.sub_(self._mean).div_(self._std)
         if (lane.ph, lane.pw) != (lane.h, lane.w):
             x = F.pad(x, (0, lane.pw - lane.w, 0, lane.ph - lane.h), mode="replicate")
-        if self.channels_last and self._graph is None:  # ONNX Runtime end to end takes NCHW as it is
+        # ONNX Runtime end to end (encoder and decoder graphs) takes the NCHW frame as it is
+        if self.channels_last and (self._graph is None or self._graph.fallback):
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
             feats = self.model.encode(x)
@@ -426,9 +429,13 @@ class Propagator:
         keys = self.model.graph_state_keys
         if self.backend != "onnxruntime" or keys is None:
             return
-        fp = fingerprint(self.model)
-        if self._graph is None or fp != self._graph_fp:
-            self._graph, self._graph_fp = OrtPredict(self.model, keys), fp
+        key = (id(self.model), fingerprint(self.model))
+        graph = _ORT_PREDICTS.get(key)
+        if graph is None:  # the same weights in another Propagator (segment: one per video) reuse it
+            while len(_ORT_PREDICTS) >= 4:
+                _ORT_PREDICTS.pop(next(iter(_ORT_PREDICTS)))
+            graph = _ORT_PREDICTS[key] = OrtPredict(self.model, keys)
+        self._graph = graph
 
     def _run_predict(self, lane: _Lane, k: int) -> torch.Tensor:
         """The model's logits ``K x 2 x h x w`` for ``lane``'s current frame (ONNX Runtime
