@@ -156,3 +156,59 @@ def test_cli_multi_scale_option():
     for bad in ("480-240", "240", "a-b", "16-480"):
         with pytest.raises(VostoolError, match="--multi-scale"):
             parse_short_sides(bad)
+
+
+def _mean_hue(frames: torch.Tensor) -> np.ndarray:
+    """Mean hue (fraction of the circle) of each frame of ``T x 3 x H x W`` in [0, 1]."""
+    import cv2
+
+    hues = []
+    for f in frames:
+        hsv = cv2.cvtColor((f.permute(1, 2, 0).numpy() * 255).astype(np.uint8), cv2.COLOR_RGB2HSV_FULL)
+        a = hsv[..., 0].astype(np.float64) / 256 * 2 * np.pi
+        hues.append((np.arctan2(np.sin(a).mean(), np.cos(a).mean()) / (2 * np.pi)) % 1.0)
+    return np.array(hues)
+
+
+def test_large_hue_range_shifts_the_clip_not_each_frame():
+    # a pure red clip; with --hue 0.5 clips take any hue, but within a clip the hue moves
+    # by at most per_frame x 0.02 of the circle either way (the default range), not 0.5
+    from vostool.data.synth import colour_jitter
+
+    red = torch.zeros(6, 3, 8, 8)
+    red[:, 0] = 0.9
+    red[:, 1:] = 0.1
+    only_hue = Augment(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.5)
+    clip_hues = []
+    for seed in range(12):
+        h = _mean_hue(colour_jitter(red, np.random.default_rng(seed), only_hue, per_frame=0.3))
+        spread = np.abs(((h - h[0]) + 0.5) % 1.0 - 0.5).max()
+        assert spread <= 2 * 0.3 * 0.02 + 0.01, (seed, h)
+        clip_hues.append(h[0])
+    d = np.abs((np.array(clip_hues) + 0.5) % 1.0 - 0.5)  # distance from red
+    assert d.max() > 0.25  # some clips far from red (blue-green), which 0.02 never gives
+    default = _mean_hue(colour_jitter(red, np.random.default_rng(0), Augment(brightness=0.0, contrast=0.0,
+                                                                             saturation=0.0), per_frame=0.3))
+    assert np.abs((default + 0.5) % 1.0 - 0.5).max() <= 0.02 * 1.3 + 0.01
+
+
+def test_cli_hue_option_sets_the_augmentation(tmp_path, monkeypatch):
+    import vostool.train as vt
+    from typer.testing import CliRunner
+
+    from vostool.cli.app import app
+
+    seen = {}
+
+    def fake_train(cfg):
+        seen["augment"] = cfg.augment
+        return {"interrupted": False, "out": cfg.out, "iteration": 0, "iters": 0, "s_per_it": None}
+
+    monkeypatch.setattr(vt, "train", fake_train)
+    args = ["train", "--model", "gam", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(app, args + ["--hue", "0.5"]).exit_code == 0
+    assert seen["augment"] == {"hue": 0.5}
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert seen["augment"] == {}
+    r = CliRunner().invoke(app, args + ["--hue", "0.7"])
+    assert r.exit_code != 0 and "--hue" in r.output

@@ -64,6 +64,7 @@ def train_command(
     size: Annotated[Optional[str], typer.Option(help="Training crop HEIGHTxWIDTH, multiples of 16. Range: each side 32..4096.")] = None,
     multi_scale: Annotated[Optional[str], typer.Option("--multi-scale", help="Video stage: each clip scales its frames to a random short side in LO-HI pixels (e.g. 240-480) before the --size crop, so that the model works at every inference size in that range.")] = None,
     clip_len: Annotated[Optional[int], int_option(..., "--clip-len", lo=2, hi=256, help="Frames per clip (default 4 pretrain, 8 video).")] = None,
+    hue: Annotated[Optional[float], float_option(..., "--hue", lo=0, hi=0.5, help="Random hue shift of each clip, +- this fraction of the colour circle (default 0.02; 0.5: any hue, so that no object colour is a cue).")] = None,
     max_skip: Annotated[Optional[int], int_option(..., "--max-skip", lo=1, hi=100, help="Video: random frame step 1..N (fast motion).")] = None,
     batch: Annotated[Optional[int], int_option(..., "--batch", lo=1, hi=1024, help="Clips per step (per process).")] = None,
     iters: Annotated[Optional[int], int_option(..., "--iters", lo=1, hi=10**9, help="Training iterations (total, including resumed ones).")] = None,
@@ -137,6 +138,7 @@ def _run(**o) -> None:
         train_stages=[t for t in o["train_stages"].split(",") if t] if o["train_stages"] else None,
         train_only=[t for t in o["train_only"].split(",") if t] if o["train_only"] else None,
         zero_shot=o["zero_shot"], slots=o["slots"], objects=o["objects"], init=str(o["init"]) if o["init"] else None,
+        augment={"hue": o["hue"]} if o["hue"] is not None else None,
     )
     command = recorded_command()
     if o["resume"]:

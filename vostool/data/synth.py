@@ -158,21 +158,29 @@ def deform_mask(mask: np.ndarray, rng: np.random.Generator, strength: float = 1.
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+_FRAME_HUE = 0.02  # the largest frame-to-frame hue range of colour_jitter (times per_frame)
+
+
 def colour_jitter(frames: torch.Tensor, rng: np.random.Generator, aug: Augment,
                   per_frame: float = 0.0) -> torch.Tensor:
     """frames ``T x 3 x H x W`` float in [0, 1]; one random jitter for the clip plus an
-    optional per-frame variation (``per_frame`` times the clip ranges)."""
+    optional per-frame variation (``per_frame`` times the clip ranges; for the hue, times
+    at most 0.02 of the colour circle)."""
     import torchvision.transforms.v2.functional as TF
 
     if aug.brightness == aug.contrast == aug.saturation == aug.hue == 0:
         return frames
     t = frames.shape[0]
 
-    def draw(r: float) -> np.ndarray:
+    def draw(r: float, frame_r: float | None = None) -> np.ndarray:
         base = rng.uniform(-r, r)
-        return base + rng.uniform(-r, r, size=t) * per_frame
+        fr = r if frame_r is None else frame_r
+        return base + rng.uniform(-fr, fr, size=t) * per_frame
 
-    b, c, s, hu = draw(aug.brightness), draw(aug.contrast), draw(aug.saturation), draw(aug.hue)
+    b, c, s = draw(aug.brightness), draw(aug.contrast), draw(aug.saturation)
+    # A large hue range (e.g. 0.5: any hue) shifts the whole clip; from frame to frame the hue
+    # varies no more than with the default range, so that an object keeps its colour in a clip.
+    hu = draw(aug.hue, min(aug.hue, _FRAME_HUE))
     out = []
     for i in range(t):
         f = frames[i]
