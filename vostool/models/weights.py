@@ -141,12 +141,12 @@ class Weights(Enum):
         8418640, 448, "mobilenet_v2", "crvos.json",
     )
     DTN = WeightsRecord(
-        "dtn", "dtn.safetensors", "753fa94f1f5bdeb2a5815e8fa9019a3e9033d88308f395f644efb5c67f074b70",
-        19299428, 480, "mobilenet_v2", "dtn.json",
+        "dtn", "dtn.safetensors", "0a1c026c2f75fc78e8d9b5c3ffa85718c49a0183d1ba0b35c7e1fb93ca6672b8",
+        19299900, 480, "mobilenet_v2", "dtn.json",
     )
     GAM = WeightsRecord(
-        "gam", "gam.safetensors", "9ca831eaa67507826dcec35aefff19d0181798f3d64f0da3eb0f8c86db684a9f",
-        15739452, 480, "mobilenet_v2", "gam.json",
+        "gam", "gam.safetensors", "be68375c96b7116a080f06124699af6c7a71fc1c59667d2a0884fbaa2d015e76",
+        15739916, 480, "mobilenet_v2", "gam.json",
     )
     RGMP = WeightsRecord(
         "rgmp", "rgmp.safetensors", "3ebd899ad0420ca9fbaba49da91bc9acc5fea0e6f03a9dc146bf529081d8b653",
