@@ -68,6 +68,10 @@ Choices where the paper is silent (or deviations):
   0.64458; ``vostool eval davis16 --davis-root ../shared/data/DAVIS2016-train --split
   train --sequences bmx-bumps,car-turn,dance-jump,horsejump-low,kite-walk --model gam``,
   shipped size 480, bf16 on the CPU). Retraining with the scaling is issue 12 section 2.
+  The file retrained on 2026-12-07 (1000 Adam steps at lr <= 1e-4 from the previous file,
+  with the scaling) still has ``alpha`` 0.00232 (before: 0.00233): Adam moves ``a`` by about
+  the learning rate per step, so from -6 it cannot reach a useful ``alpha`` in a run of that
+  length; a CAM that matters needs ``a`` re-initialised (e.g. -2) or its own learning rate.
 - Mask encoder: ``mask_backbone="small"`` (default) is four stride-2 3x3 convolutions
   + ReLU over the object's soft probability (16/32/64/64 channels, 1/16), concatenated
   with the frame's 1/16 features ``F_T`` and fused by a 3x3 convolution and a residual
