@@ -182,6 +182,22 @@ def test_dis_flow_and_warp() -> None:
         get_flow("flownet9")
 
 
+def test_dis_flow_does_not_depend_on_the_sizes_it_saw_before() -> None:
+    # OpenCV's DIS object keeps state from the last frame size: one estimator serves every
+    # video of a process (and every test), so a pair's flow must not depend on what ran before
+    import cv2
+
+    rng = np.random.default_rng(0)
+    big = cv2.GaussianBlur((rng.random((240, 432)) * 255).astype(np.uint8), (0, 0), 3)
+    small = np.ascontiguousarray(big[:64, :64])
+    fresh = get_flow("dis")(big, np.roll(big, 3, 1))
+    used = get_flow("dis")
+    used(small, np.roll(small, 2, 0))
+    again = used(big, np.roll(big, 3, 1))
+    assert np.array_equal(again, fresh)
+    assert np.array_equal(used(big, np.roll(big, 3, 1)), fresh)  # same size again: same flow
+
+
 def test_raft_without_weights_is_a_clear_error(monkeypatch) -> None:
     from torchvision.models._api import WeightsEnum
 
