@@ -21,7 +21,8 @@ frame: the content at pixel ``(x, y)`` of the current frame was at
 
 from __future__ import annotations
 
-from typing import Protocol
+import functools
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -58,20 +59,18 @@ class DISFlow:
         if preset not in codes:
             raise VostoolError(f"unknown DIS preset '{preset}'; choose one of: {', '.join(self.PRESETS)}")
         self.name = f"dis-{preset}"
-        self._code = codes[preset]
-        self._dis = cv2.DISOpticalFlow_create(self._code)
+        self._new = functools.partial(cv2.DISOpticalFlow_create, codes[preset])
+        self._dis: Any = None  # made for the first pair, and again for each new frame size
         self._shape: tuple[int, ...] | None = None
 
     def __call__(self, prev_gray: np.ndarray, cur_gray: np.ndarray) -> np.ndarray:
-        import cv2
-
         _check_pair(prev_gray, cur_gray)
         if cur_gray.shape != self._shape:
             # OpenCV's DIS keeps state from the frame size it last saw: after a 64x64 pair, the
             # flow of a 480x864 pair was off by up to 0.9 px from a fresh estimator's (so a
             # video's masks depended on what ran before it). A new size gets a new estimator
             # (creating one costs nothing measurable: 7.4 ms against 8.1 ms a 480x864 pair).
-            self._dis, self._shape = cv2.DISOpticalFlow_create(self._code), cur_gray.shape
+            self._dis, self._shape = self._new(), cur_gray.shape
         # calc(I0, I1) returns f with I0(x) ~ I1(x + f(x)): I0 = current gives backward flow.
         flow = self._dis.calc(np.ascontiguousarray(cur_gray), np.ascontiguousarray(prev_gray), None)
         return flow.astype(np.float32, copy=False)
