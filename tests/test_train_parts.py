@@ -150,3 +150,33 @@ def test_schedule_warmup_and_names_still_importable():
     cos = dataclasses.replace(cfg, lr_schedule="cosine", warmup=0, iters=10)
     assert lr_at(cos, 0) == 1.0 and lr_at(cos, 10) == pytest.approx(0.01)
     assert lr_at(dataclasses.replace(cfg, lr_schedule="exp", lr_gamma=0.5, lr_step=2, warmup=0), 4) == 0.25
+
+
+def test_lr_scales_give_gates_their_own_rate(tmp_path, monkeypatch):
+    """A model's ``lr_scales`` put those parameters in a group of their own whose rate is
+    the schedule's times the scale: the same first step moves GAM's CAM gate 300 x as far
+    as it does without the scale (Adam's step is proportional to its rate), and every
+    other weight exactly as far."""
+    from vostool.models.gam import GAM
+    from vostool.train.freeze import param_groups
+
+    make_davis(tmp_path / "davis")
+    model = build_model("gam", backbone="mobilenet_v2", pretrained=False)
+    groups = param_groups(model)
+    assert [g["lr_scale"] for g in groups] == [1.0, 300.0]
+    assert len(groups[1]["params"]) == 1 and groups[1]["params"][0] is model.cam.alpha_raw
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+    def one_step(out: str) -> dict[str, torch.Tensor]:
+        trainer = Trainer(dataclasses.replace(_cfg(tmp_path, out, 1, freeze_backbone=True), model="gam", lr=1e-4))
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.run()
+        return {n: (p.detach() - before[n]).abs() for n, p in trainer.model.named_parameters()}
+
+    scaled = one_step("scaled")
+    monkeypatch.setattr(GAM, "lr_scales", {})
+    assert [g["lr_scale"] for g in param_groups(model)] == [1.0]
+    plain = one_step("plain")
+    assert float(plain["cam.alpha_raw"]) > 0
+    assert float(scaled["cam.alpha_raw"]) == pytest.approx(300 * float(plain["cam.alpha_raw"]), rel=1e-2)  # a ~ -6 in float32
+    assert torch.equal(scaled["pred.weight"], plain["pred.weight"])

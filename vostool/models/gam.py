@@ -248,6 +248,7 @@ class GAM(VOSModel):
 
     stride = 16
     search_window = 1.0  # measured: see the module docstring
+    lr_scales = {"cam.alpha_raw": 300.0}  # CAM's gate learns at 300x the rate: see the module docstring
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False, key_dim: int = 64,

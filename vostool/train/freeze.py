@@ -1,13 +1,15 @@
 """What learns: BatchNorm modes (:func:`set_train_mode`), ``--train-only`` heads
-(:func:`train_only`) and ``--freeze-backbone`` (:func:`freeze_backbones`)."""
+(:func:`train_only`), ``--freeze-backbone`` (:func:`freeze_backbones`) and at what rate
+(:func:`param_groups`: a model's ``lr_scales``)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch.nn as nn
 
 from vostool.errors import VostoolError
+from vostool.models.base import VOSModel
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool = True, train_only: Sequence[str] = ()) -> None:
@@ -74,3 +76,25 @@ def freeze_backbones(model: nn.Module, keep: Sequence[str] = ()) -> int:
                     p.requires_grad_(False)
                     frozen += p.numel()
     return frozen
+
+
+def param_groups(model: VOSModel) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: every parameter that learns, those named in the
+    model's ``lr_scales`` (:class:`~vostool.models.base.VOSModel`) in groups of their own
+    with ``lr_scale`` (the training loop multiplies the scheduled rate by it). A name
+    that matches no parameter that learns is skipped (e.g. frozen by ``--train-only``)."""
+    scales = type(model).lr_scales
+    plain: list[nn.Parameter] = []
+    scaled: dict[float, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = next((v for k, v in scales.items()
+                      if name == k or (k.endswith(".") and name.startswith(k))), None)
+        if scale is None or scale == 1.0:
+            plain.append(p)
+        else:
+            scaled.setdefault(float(scale), []).append(p)
+    groups: list[dict[str, Any]] = [{"params": plain, "lr_scale": 1.0}] if plain else []
+    groups += [{"params": ps, "lr_scale": s} for s, ps in sorted(scaled.items())]
+    return groups

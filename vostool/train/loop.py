@@ -52,7 +52,7 @@ from vostool.train.data import MixedClips
 from vostool.train.distributed import BatchSampler, Dist, init_distributed
 from vostool.train.ema import WeightAverage
 from vostool.train.factory import build_dataset, build_train_model, load_init_weights, objects_per_sample
-from vostool.train.freeze import freeze_backbones, set_train_mode, train_only
+from vostool.train.freeze import freeze_backbones, param_groups, set_train_mode, train_only
 from vostool.train.loss import ClipLoss, clip_loss, to_channels_last_clip
 from vostool.train.report import Reporter, data_summary, hardware_name
 from vostool.train.schedule import lr_at
@@ -162,8 +162,9 @@ class Trainer:
 
     def _build_optimizer(self) -> None:
         cfg = self.cfg
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = param_groups(self.model)
+        self.params = [p for g in groups for p in g["params"]]
+        self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=(self.precision == "fp16" and self.device.type == "cuda"))
         self.ema = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
@@ -263,7 +264,7 @@ class Trainer:
             frames = to_channels_last_clip(frames)
         lr = lr_at(cfg, self.it)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         with autocast(self.device, self.precision):
             loss = self.wrapped(frames, masks)
         self.opt.zero_grad(set_to_none=True)
