@@ -71,7 +71,15 @@ Choices where the paper is silent (or deviations):
   The file retrained on 2026-12-07 (1000 Adam steps at lr <= 1e-4 from the previous file,
   with the scaling) still has ``alpha`` 0.00232 (before: 0.00233): Adam moves ``a`` by about
   the learning rate per step, so from -6 it cannot reach a useful ``alpha`` in a run of that
-  length; a CAM that matters needs ``a`` re-initialised (e.g. -2) or its own learning rate.
+  length. So ``a`` now has its own rate: ``GAM.lr_scales`` makes it learn at 300x the run's
+  (:func:`vostool.train.freeze.param_groups`; on a first Adam step it moves 300x as far,
+  ``tests/test_train_parts.py``). Measured: 600 steps from that file with it (lr 1e-4 cosine,
+  so ``a`` could move by up to ~9; ``runs/gam-cam``, ``references/README.md``) took ``alpha``
+  *down*, 0.00232 -> 0.00097 (``a`` -6.06 -> -6.94, steadily: -6.15, -6.68, -6.91 at steps
+  111, 202, 406): free to grow, the gate is closed by the gradient, i.e. in a network whose
+  decoder was trained without CAM, mixing channels by Eq. 4-6 only hurts the loss. CAM as
+  the paper means it would have to be trained in from the first stage with ``alpha`` well
+  above 0 (not done on the CPU); the shipped model's CAM is close to identity.
 - Mask encoder: ``mask_backbone="small"`` (default) is four stride-2 3x3 convolutions
   + ReLU over the object's soft probability (16/32/64/64 channels, 1/16), concatenated
   with the frame's 1/16 features ``F_T`` and fused by a 3x3 convolution and a residual

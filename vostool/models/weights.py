@@ -145,8 +145,8 @@ class Weights(Enum):
         19299900, 480, "mobilenet_v2", "dtn.json",
     )
     GAM = WeightsRecord(
-        "gam", "gam.safetensors", "be68375c96b7116a080f06124699af6c7a71fc1c59667d2a0884fbaa2d015e76",
-        15739916, 480, "mobilenet_v2", "gam.json",
+        "gam", "gam.safetensors", "cc06e097466a61862c72fd56a7b5ab3959ebdf92ca6a2958d176ec067c53c977",
+        15740372, 480, "mobilenet_v2", "gam.json",
     )
     RGMP = WeightsRecord(
         "rgmp", "rgmp.safetensors", "3ebd899ad0420ca9fbaba49da91bc9acc5fea0e6f03a9dc146bf529081d8b653",
