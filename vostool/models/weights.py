@@ -141,8 +141,8 @@ class Weights(Enum):
         8418640, 448, "mobilenet_v2", "crvos.json",
     )
     DTN = WeightsRecord(
-        "dtn", "dtn.safetensors", "0a1c026c2f75fc78e8d9b5c3ffa85718c49a0183d1ba0b35c7e1fb93ca6672b8",
-        19299900, 480, "mobilenet_v2", "dtn.json",
+        "dtn", "dtn.safetensors", "2d425e95ef66d90b2ea82a6e2532f5b5f989e262b4ec7726213d0c7269772fec",
+        19300372, 480, "mobilenet_v2", "dtn.json",
     )
     GAM = WeightsRecord(
         "gam", "gam.safetensors", "cc06e097466a61862c72fd56a7b5ab3959ebdf92ca6a2958d176ec067c53c977",
