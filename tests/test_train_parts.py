@@ -180,3 +180,18 @@ def test_lr_scales_give_gates_their_own_rate(tmp_path, monkeypatch):
     assert float(plain["cam.alpha_raw"]) > 0
     assert float(scaled["cam.alpha_raw"]) == pytest.approx(300 * float(plain["cam.alpha_raw"]), rel=1e-2)  # a ~ -6 in float32
     assert torch.equal(scaled["pred.weight"], plain["pred.weight"])
+
+
+def test_resume_with_other_parameter_groups_is_one_clear_error(tmp_path):
+    """A run whose optimiser was saved with other parameter groups (before a model's
+    ``lr_scales`` changed) cannot --resume: one VostoolError saying what to do."""
+    make_davis(tmp_path / "davis")
+    cfg = dataclasses.replace(_cfg(tmp_path, "gam", 1, freeze_backbone=True), model="gam")
+    Trainer(cfg).run()
+    path = tmp_path / "gam" / "last.pt"
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    groups = ck["optimizer"]["param_groups"]
+    ck["optimizer"]["param_groups"] = [{**groups[0], "params": [i for g in groups for i in g["params"]]}]
+    torch.save(ck, path)
+    with pytest.raises(VostoolError, match="parameter group.*--init"):
+        Trainer(dataclasses.replace(cfg, iters=2, resume=True)).run()
