@@ -66,9 +66,9 @@ class VOSModel(nn.Module):
     #: state written): the engine may then run it as one exported graph (ONNX Runtime,
     #: :class:`~vostool.engine.backends.OrtPredict`). None: predict always runs in torch.
     graph_state_keys: ClassVar[tuple[str, ...] | None] = None
-    #: parameters that learn at a multiple of the run's learning rate, by name (as in
-    #: ``named_parameters``) -> multiplier; a name ending with ``.`` covers everything
-    #: under that module. For scalar gates that start near zero (GAM's CAM ``alpha``):
+    #: parameters that learn at a multiple of the run's learning rate: a parameter's name
+    #: (as in ``named_parameters``) or a module's (everything under it) -> multiplier.
+    #: For scalar gates that start near zero (GAM's CAM ``alpha``):
     #: Adam moves a parameter by about the learning rate per step whatever its gradient's
     #: size, so a fine-tuning rate cannot take a gate far. Empty: one rate for all.
     lr_scales: ClassVar[dict[str, float]] = {}

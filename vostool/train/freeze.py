@@ -89,12 +89,8 @@ def param_groups(model: VOSModel) -> list[dict[str, Any]]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        scale = next((v for k, v in scales.items()
-                      if name == k or (k.endswith(".") and name.startswith(k))), None)
-        if scale is None or scale == 1.0:
-            plain.append(p)
-        else:
-            scaled.setdefault(float(scale), []).append(p)
+        scale = next((float(v) for k, v in scales.items() if _under(name, [k])), 1.0)
+        (plain if scale == 1.0 else scaled.setdefault(scale, [])).append(p)
     groups: list[dict[str, Any]] = [{"params": plain, "lr_scale": 1.0}] if plain else []
     groups += [{"params": ps, "lr_scale": s} for s, ps in sorted(scaled.items())]
     return groups

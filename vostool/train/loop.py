@@ -177,9 +177,10 @@ class Trainer:
             load_weights_strict(self.model, ck.raw_weights, source=str(self.out / "last.pt"))
             if self.ema is not None:
                 self.ema.load(ck.model if ck.train_model is not None else self.model.state_dict(), ck.ema_updates)
-            if len(ck.optimizer.get("param_groups", [])) != len(self.opt.param_groups):
+            saved_groups = len(ck.optimizer.get("param_groups", []))
+            if saved_groups != len(self.opt.param_groups):
                 raise VostoolError(
-                    f"{self.out / 'last.pt'}: its optimiser has {len(ck.optimizer.get('param_groups', []))} parameter "
+                    f"{self.out / 'last.pt'}: its optimiser has {saved_groups} parameter "
                     f"group(s), this version of {self.cfg.model} trains with {len(self.opt.param_groups)} (the model's "
                     "lr_scales changed since the run started); start a new run with --init from it instead of --resume")
             self.opt.load_state_dict(ck.optimizer)
