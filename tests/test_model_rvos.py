@@ -85,7 +85,7 @@ def test_zero_shot_forward_backward() -> None:
 def test_one_shot_engine_three_objects_keeps_ids() -> None:
     torch.manual_seed(0)
     frames, first = shapes_clip()
-    model = build_model("rvos")
+    model = build_model("rvos", chain=True)
     assert model.uses_soft_aggregation is False
     prop = Propagator(model, device="cpu", precision="fp32", size=64)
     r0 = prop.start(frames[0], first)
@@ -185,7 +185,7 @@ def test_checkpoint_round_trip_and_registry(tmp_path) -> None:
     path = save_checkpoint(model, tmp_path / "rvos.safetensors")
     loaded = load_model("rvos", weights=path)
     assert loaded.config == model.config == {"backbone": "resnet18", "hidden": 32, "zero_shot": True,
-                                                "slots": 3}
+                                                "slots": 3, "chain": False}
     frames, first = shapes_clip(3)
     for masks in (first, None):
         outs = []
@@ -197,7 +197,8 @@ def test_checkpoint_round_trip_and_registry(tmp_path) -> None:
             assert np.array_equal(a, b)
     spec = get_spec("rvos")
     assert "56.8" in spec.published and "P100" in spec.published and "Ventura" in spec.paper
-    assert build_model("rvos").config == {"backbone": "mobilenet_v2", "hidden": 128, "zero_shot": True, "slots": 3}
+    assert build_model("rvos").config == {"backbone": "mobilenet_v2", "hidden": 128, "zero_shot": True, "slots": 3,
+                                          "chain": False}
     with pytest.raises(VostoolError, match="hidden"):
         build_model("rvos", hidden=30)
 
@@ -258,7 +259,7 @@ def test_multi_object_training_trains_the_spatial_recurrence(tmp_path) -> None:
     from vostool.train.loop import TrainConfig, build_dataset, clip_loss, objects_per_sample
 
     torch.manual_seed(0)
-    model = build_model("rvos", hidden=16).train()
+    model = build_model("rvos", hidden=16, chain=True).train()
     frames = torch.randn(2, 3, 3, 64, 64)
     one = torch.zeros(2, 3, 64, 64, dtype=torch.long)
     for t in range(3):
@@ -295,3 +296,52 @@ def test_multi_object_training_trains_the_spatial_recurrence(tmp_path) -> None:
         assert set(torch.unique(m).tolist()) <= {0, 1, 2, 255}
     loss = clip_loss(model, torch.stack([ds[0][0], ds[1][0]]), torch.stack([ds[0][1], ds[1][1]]))
     assert torch.isfinite(loss)
+
+
+def test_objects_decode_as_the_checkpoint_was_trained(tmp_path) -> None:
+    """A checkpoint trained on one object per sample (``chain=False``, the shipped one: its
+    gates that read the previous object's state never learned) decodes each object on its
+    own, exactly as alone, and the engine merges them by soft aggregation; one trained on
+    several objects per sample (``chain=True``) decodes them as one spatial chain."""
+    from synthetic import make_davis
+    from vostool.train.loop import TrainConfig, build_train_model
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[0, :, 4:14, 4:14] = 1
+    masks[1, :, 18:30, 16:28] = 1
+    outs = {}
+    for chain in (False, True):
+        model = build_model("rvos", hidden=16, chain=chain).eval()
+        if chain:
+            model.load_state_dict(ref)
+        ref = model.state_dict()
+        assert model.uses_soft_aggregation is (not chain) and model.config["chain"] is chain
+        with torch.no_grad():
+            feats = model.encode(x)
+            both = model.predict(x.expand(2, -1, -1, -1), model.expand_features(feats, 2),
+                                 model.init_state(x.expand(2, -1, -1, -1), model.expand_features(feats, 2), masks))
+            alone = model.predict(x, feats, model.init_state(x, feats, masks[1:]))
+        outs[chain] = (both, alone)
+    both, alone = outs[False]
+    assert torch.allclose(both[1:], alone, atol=1e-6)  # object 2 ignores object 1
+    both, alone = outs[True]
+    assert not torch.allclose(both[1:], alone, atol=1e-4)  # object 2 reads object 1's state
+    assert torch.equal(outs[False][0][:1], outs[True][0][:1])  # the first object of a chain reads nothing
+    # A checkpoint without "chain" in its config (the shipped one) was trained one object at a time.
+    old = build_model("rvos", hidden=16)
+    del old.config["chain"]
+    path = save_checkpoint(old, tmp_path / "old.safetensors")
+    assert load_model("rvos", weights=path).chain is False
+    # The trainer records what it trains: two objects per sample (rvos' default) chain them,
+    # one does not, and a stage keeps the chain of the weights it starts from.
+    make_davis(tmp_path / "davis", seqs=3, h=64, w=80)
+    base = dict(model="rvos", pretrained=False, stage="video", data=[str(tmp_path / "davis")], size=(48, 64),
+                clip_len=3)
+    assert build_train_model(TrainConfig(**base)).chain is True
+    assert build_train_model(TrainConfig(**base, objects=1)).chain is False
+    chained = save_checkpoint(build_model("rvos", chain=True), tmp_path / "chained.safetensors")
+    assert build_train_model(TrainConfig(**base, objects=1, init=str(chained))).chain is True
+    assert build_train_model(TrainConfig(**base, zero_shot=True, init=str(chained))).chain is True
+    assert build_train_model(TrainConfig(**base, zero_shot=True, init=str(path))).chain is False

@@ -43,8 +43,14 @@ class VOSModel(nn.Module):
     name: ClassVar[str] = ""
     #: input sides must be multiples of this
     stride: ClassVar[int] = 16
-    #: merge objects with RGMP soft aggregation (False: the model handles objects jointly)
-    uses_soft_aggregation: ClassVar[bool] = True
+    #: the model can decode the objects of a frame jointly (each reads the others' state:
+    #: RVOS's spatial recurrence); the trainer gives such models several objects per sample
+    can_decode_jointly: ClassVar[bool] = False
+    #: merge objects with RGMP soft aggregation (False: the model handles objects jointly
+    #: and the engine merges with ``1 - max_k p_k``); a model with ``can_decode_jointly``
+    #: sets it per instance from its config (a checkpoint trained on one object per sample
+    #: decodes them independently)
+    uses_soft_aggregation: bool = True
     #: soft aggregation's background term is one minus the network's output on the merged
     #: foreground (RGMP: the engine runs the union of the objects as one more object);
     #: False: ``1 - max_k p_k`` (no extra run)

@@ -25,8 +25,11 @@ for what the poster only draws):
 - One-shot (RVOS-Mask): the first frame runs the decoder with the given masks as
   ``S_{t-1}`` to produce ``h_{0,i,k}``; frame 1 again sees the given masks, then each
   frame the previous prediction (the authors' inference). Objects are handled jointly by
-  the spatial recurrence, so ``uses_soft_aggregation = False``: the engine merges with
-  ``[1 - max_k p_k, p_1..p_K]`` and feeds back each object's own probabilities.
+  the spatial recurrence (``chain=True``, ``uses_soft_aggregation = False``): the engine
+  merges with ``[1 - max_k p_k, p_1..p_K]`` and feeds back each object's own
+  probabilities. **Matches** for checkpoints trained on several objects per sample; the
+  config's ``chain`` records it (see "Training" for the shipped file, which decodes its
+  objects independently).
 - Zero-shot (RVOS): the zero-shot decoder takes no mask input. The model holds **both**
   decoders (``decoder`` one-shot, ``decoder_zero`` zero-shot; ``zero_shot=False`` drops
   the second) sharing the encoder, as the paper trains a separate model per task. The
@@ -53,7 +56,20 @@ for what the poster only draws):
   samples (``references/README.md``) scored J&F 0.444 against their 0.299 on the
   two-object dev pairs (``vostool eval davis17 --davis-root data/dev2 --split dev2
   --model rvos``) but 0.445 against 0.609 on the single-object dev split, so it was not
-  shipped. :meth:`RVOS.forward_clip` (one object per sample) is kept; :meth:`RVOS.forward_clip_zero_shot` and
+  shipped. So a checkpoint decodes its objects as it was trained: the trainer records
+  ``chain`` in its config (true when a stage, or the stage it started from, trained on
+  several objects per sample); with ``chain=False`` (the default, and every checkpoint
+  saved without the key, the shipped one included) each given object is decoded on its
+  own (its spatial input zero, as in its training) and the engine merges the objects by
+  RGMP's soft aggregation and feeds the merged probabilities back, as for the
+  single-object models. Measured with the shipped file (size 480, search window 1.0, fp32
+  on the AVX2 CPU; two-object dev pairs ``vostool eval davis17 --davis-root data/dev2
+  --split dev2 --model rvos``): J&F 0.356 chained with ``1 - max_k p_k`` (before),
+  0.384 independent with ``1 - max_k p_k``, **0.610** independent with soft aggregation
+  (after); the one-object dev split is unchanged (0.606 before and after: with one object
+  soft aggregation changes only the fed-back probabilities, not the mask). Zero-shot slots
+  always form a chain (zero-shot training decodes them in sequence, so it trains it).
+  :meth:`RVOS.forward_clip` (one object per sample) is kept; :meth:`RVOS.forward_clip_zero_shot` and
   :meth:`RVOS.loss_zero_shot` for zero-shot. Loss: soft IoU (the authors' objective).
   Zero-shot predictions are matched to the ground-truth instances with the Hungarian
   algorithm on the soft-IoU cost, one matching per clip. **Matches**, with the
@@ -152,13 +168,15 @@ class RecurrentDecoder(nn.Module):
 
     def chain(
         self, skips: list[torch.Tensor], masks: torch.Tensor | None, h_temporal: list[torch.Tensor],
-        size: tuple[int, int],
+        size: tuple[int, int], joint: bool = True,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Decode K objects in order (spatial recurrence), N independent frames at once.
 
         skips: ``N x C_l x h_l x w_l``; masks: ``N x K x 1 x H x W`` or None;
         h_temporal: ``N x K x hid_l x h_l x w_l`` per layer. Returns logits
         ``N x K x 1 x H x W`` and the new temporal states ``N x K x hid_l x h_l x w_l``.
+        ``joint=False`` decodes each object on its own (its spatial input zero, as for the
+        first object of a chain).
         """
         k = h_temporal[0].shape[1]
         spatial = None
@@ -166,7 +184,7 @@ class RecurrentDecoder(nn.Module):
         hs: list[list[torch.Tensor]] = [[] for _ in self.cells]
         for i in range(k):
             m = masks[:, i] if masks is not None else None
-            logit, spatial = self.step(skips, m, [h[:, i] for h in h_temporal], spatial, size)
+            logit, spatial = self.step(skips, m, [h[:, i] for h in h_temporal], spatial if joint else None, size)
             outs.append(logit)
             for layer, (h, _c) in enumerate(spatial):
                 hs[layer].append(h)
@@ -195,22 +213,26 @@ class RVOS(VOSModel):
     they form one spatial chain in that order. predict -> ``K x 2 x H x W`` ``[0, z]``.
     """
 
-    uses_soft_aggregation = False
+    can_decode_jointly = True
     supports_zero_shot = True
     search_window = 1.0  # measured: see the module docstring
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False, hidden: int = 128,
-        zero_shot: bool = True, slots: int = 3,
+        zero_shot: bool = True, slots: int = 3, chain: bool = False,
     ) -> None:
         hidden = int(hidden)
         if hidden % 4 or hidden <= 0:
             raise VostoolError(f"rvos: hidden must be a positive multiple of 4, got {hidden}")
         if int(slots) < 1:
             raise VostoolError(f"rvos: slots must be at least 1, got {slots}")
-        super().__init__(backbone, hidden=hidden, zero_shot=bool(zero_shot), slots=int(slots))
+        super().__init__(backbone, hidden=hidden, zero_shot=bool(zero_shot), slots=int(slots), chain=bool(chain))
         #: the engine's default number of zero-shot slots: the number trained with
         self.zero_shot_slots = int(slots)
+        #: given objects form one spatial chain (their decoder was trained so); False: each is
+        #: decoded on its own and the engine merges them by soft aggregation (module docstring)
+        self.chain = bool(chain)
+        self.uses_soft_aggregation = not self.chain
         self.encoder = build_backbone(backbone, pretrained=pretrained)
         c = self.encoder.channels
         skip_w = [hidden, hidden, hidden // 2]
@@ -233,7 +255,8 @@ class RVOS(VOSModel):
         k = masks.shape[0]
         h_zero = self._zero_hidden(feats, k)
         skips = self._frame_skips(feats)
-        _, hs = self.decoder.chain(skips, masks[None], [h[None] for h in h_zero], tuple(masks.shape[-2:]))
+        _, hs = self.decoder.chain(skips, masks[None], [h[None] for h in h_zero], tuple(masks.shape[-2:]),
+                                   joint=self.chain)
         state = {"prev_mask": masks}
         state.update({f"h{i}": h[0] for i, h in enumerate(hs)})
         state["zero_shot"] = masks.new_zeros(k)
@@ -316,14 +339,16 @@ class RVOS(VOSModel):
             idx, dec = groups[0]
             assert dec is not None, "zero-shot slots need the zero-shot decoder"
             masks = state["prev_mask"][None] if dec.with_mask else None
-            z, hs = dec.chain(skips, masks, [state[f"h{i}"][None] for i in range(n)], size)
+            z, hs = dec.chain(skips, masks, [state[f"h{i}"][None] for i in range(n)], size,
+                              joint=self.chain or not dec.with_mask)
             return z[0], [h[0] for h in hs]
         z_all = torch.empty(k, 1, *size, device=skips[0].device, dtype=skips[0].dtype)
         h_all = [torch.empty_like(state[f"h{i}"], dtype=skips[0].dtype) for i in range(n)]
         for idx, dec in groups:
             assert dec is not None, "zero-shot slots need the zero-shot decoder"
             masks = state["prev_mask"][idx][None] if dec.with_mask else None
-            z, hs = dec.chain(skips, masks, [state[f"h{i}"][idx][None] for i in range(n)], size)
+            z, hs = dec.chain(skips, masks, [state[f"h{i}"][idx][None] for i in range(n)], size,
+                              joint=self.chain or not dec.with_mask)
             z_all[idx] = z[0].to(z_all.dtype)
             for i in range(n):
                 h_all[i][idx] = hs[i][0].to(h_all[i].dtype)
@@ -349,11 +374,11 @@ class RVOS(VOSModel):
         k = first_masks.shape[1]
         skips = self._clip_skips(frames)
         hz = [skips[0][i].new_zeros(b, k, hid, *skips[0][i].shape[-2:]) for i, hid in enumerate(self.hidden_widths)]
-        _, hs = self.decoder.chain(skips[0], first_masks, hz, (h, w))
+        _, hs = self.decoder.chain(skips[0], first_masks, hz, (h, w), joint=self.chain)
         prev = first_masks
         outs = []
         for i in range(1, t):
-            z, hs = self.decoder.chain(skips[i], prev, hs, (h, w))
+            z, hs = self.decoder.chain(skips[i], prev, hs, (h, w), joint=self.chain)
             outs.append(z[:, :, 0])
             prev = teacher[:, i] if teacher is not None else torch.sigmoid(z)
         return torch.stack(outs, 1)

@@ -20,10 +20,10 @@ from vostool.train.data import Augment, DavisClips, MixedClips, SyntheticClips
 
 def objects_per_sample(cfg: TrainConfig) -> int:
     """Objects per training sample: ``cfg.objects``, or by default 2 for one-shot models
-    that decode the objects of a frame jointly (``uses_soft_aggregation = False``: RVOS's
+    that can decode the objects of a frame jointly (``can_decode_jointly``: RVOS's
     spatial recurrence, object i reads object i-1's state, which one object per sample
     never trains) and 1 for the others (independent objects, merged by soft aggregation)."""
-    joint = not get_spec(cfg.model).cls.uses_soft_aggregation
+    joint = get_spec(cfg.model).cls.can_decode_jointly
     if cfg.objects < 0:
         raise VostoolError(f"--objects must be at least 1, got {cfg.objects}")
     if cfg.objects > 1 and (not joint or cfg.zero_shot):
@@ -61,10 +61,26 @@ def build_dataset(cfg: TrainConfig, rank: int = 0) -> torch.utils.data.Dataset:
 
 def build_train_model(cfg: TrainConfig) -> VOSModel:
     """The registry's model for ``cfg`` (ImageNet backbone weights only for a fresh run)."""
-    # zero-shot: the checkpoint records the slots it is trained with (the engine's default)
-    extra = {"slots": cfg.slots} if cfg.zero_shot and get_spec(cfg.model).cls.supports_zero_shot else {}
+    cls = get_spec(cfg.model).cls
+    extra: dict[str, Any] = {}
+    if cfg.zero_shot and cls.supports_zero_shot:
+        # zero-shot: the checkpoint records the slots it is trained with (the engine's default)
+        extra["slots"] = cfg.slots
+    if cls.can_decode_jointly:
+        # the checkpoint records whether its objects were trained as one chain: in this
+        # stage (several objects per sample) or in the stage it starts from
+        extra["chain"] = bool((not cfg.zero_shot and objects_per_sample(cfg) > 1)
+                              or (cfg.init and _model_config(cfg.init).get("chain", False)))
     return build_model(cfg.model, cfg.backbone, pretrained=cfg.pretrained and not cfg.init and not cfg.resume,
                        **extra)
+
+
+def _model_config(path: str | Path) -> dict[str, Any]:
+    """The architecture config a previous stage's weights were saved with ({} if none)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return dict(json.loads(read_checkpoint(path)[1].get("config", "{}")))
+    return dict(RunCheckpoint.load(path).model_config)
 
 
 def _card_stages(path: Path) -> list[dict[str, Any]]:
