@@ -210,7 +210,7 @@ class RVOS(VOSModel):
         zero_shot  K                        1.0 for zero-shot slots, 0.0 for given objects
 
     All K rows of ``predict``/``update`` belong to one frame (the engine's contract):
-    they form one spatial chain in that order. predict -> ``K x 2 x H x W`` ``[0, z]``.
+    with ``chain`` they form one spatial chain in that order, else each is decoded alone. predict -> ``K x 2 x H x W`` ``[0, z]``.
     """
 
     can_decode_jointly = True
