@@ -244,3 +244,33 @@ def test_library_call_with_injected_propagator(tmp_path: Path) -> None:
     assert report.result.rows[0].name == "cat_1"
     with pytest.raises(VostoolError, match="--results"):
         evaluate_davis(root, year=2016, results_dir=tmp_path / "o", model="x")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="the holder uses fcntl (POSIX)")
+def test_a_folder_in_use_by_another_eval_is_one_clear_error(tmp_path: Path, fake_model: list,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two evaluations writing one results folder at once (two shells, one default folder)
+    would mix their PNGs and print wrong figures: the second one stops with one line."""
+    import subprocess
+    import sys
+
+    root = make_davis(tmp_path / "DAVIS", 2016, seqs=("cat",))
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = subprocess.Popen(  # another process holds the folder, as a running eval does
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); "
+         "fcntl.flock(f.fileno(), fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+         str(out / ".vostool-eval.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        _expect_error(["davis16", "--davis-root", str(root), "--model", "fake", "--out", str(out), "--quiet"],
+                      "another vostool eval is using", "--out")
+        assert not (out / "cat").exists()  # nothing of the second run was written
+    finally:
+        holder.kill()
+        holder.wait()
+    # once it is gone the folder is free again; the default folder names --adapt runs apart
+    r = invoke("davis16", "--davis-root", str(root), "--model", "fake", "--out", str(out), "--json", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert eval_api._default_out("davis16", "crvos", "val", adapt=True).name == "davis16-crvos-val-adapt"
+    assert eval_api._default_out("davis16", "crvos", "val").name == "davis16-crvos-val"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,9 +63,32 @@ class EvalReport:
         return out
 
 
-def _default_out(benchmark: str, model: str, split: str) -> Path:
+def _default_out(benchmark: str, model: str, split: str, adapt: bool = False) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
-    return Path("runs") / "eval" / f"{benchmark}-{safe}-{split}"
+    return Path("runs") / "eval" / f"{benchmark}-{safe}-{split}{'-adapt' if adapt else ''}"
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for one evaluation: a second one writing or scoring the same folder at
+    the same time (two shells, the same default folder) would mix the two runs' PNGs and
+    print wrong figures, so it stops with one clear error instead. An OS lock on
+    ``folder/.vostool-eval.lock``: released when the process ends, however it ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".vostool-eval.lock", "a+b") as fh:
+        try:
+            if os.name == "nt":  # pragma: no cover - Windows
+                import msvcrt
+
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise VostoolError(f"another vostool eval is using {folder}; wait for it, or give this one "
+                               "its own --out") from None
+        yield
 
 
 def evaluate_davis(
@@ -95,8 +119,10 @@ def evaluate_davis(
     :data:`DEFAULT_MODEL`, and ``weights``; or ``propagator_factory()`` when given; ``size``
     None = the checkpoint's training size; ``window``: the search window margin, None = the
     model's default, 0 = off) is run over the split first, writing
-    its PNGs under ``out_dir`` (default ``runs/eval/davis<yy>-<model>-<split>``). The CSVs go
-    to ``out_dir`` (default: the results folder) and always replace older ones.
+    its PNGs under ``out_dir`` (default ``runs/eval/davis<yy>-<model>-<split>``, ``-adapt``
+    appended with ``adapt``), which no other evaluation may use meanwhile (a one-line error
+    if one does). The CSVs go to ``out_dir`` (default: the results folder) and always
+    replace older ones.
     """
     if davis_root is None or str(davis_root) == "":
         raise VostoolError("no DAVIS root: pass --davis-root PATH or set DAVIS_ROOT")
@@ -119,18 +145,21 @@ def evaluate_davis(
                                         adapt=adapt, adapt_progress=adapt_progress, window=window)
 
         label = model or "custom"
-        out = Path(out_dir) if out_dir is not None else _default_out(benchmark, label, split)
+        out = Path(out_dir) if out_dir is not None else _default_out(benchmark, label, split, adapt is not None)
         results = out
-        run = run_sequences(specs, results, propagator_factory(), binary=binary, progress=run_progress)
-    result = score_results(
-        specs,
-        results,
-        binary=binary,
-        workers=workers,
-        legacy_uint8_decay=legacy_uint8_decay,
-        progress=score_progress,
-    )
-    csvs = write_csvs(result, out, split)
+    with _exclusive(out) if results_dir is None else contextlib.nullcontext():
+        if results_dir is None:
+            assert propagator_factory is not None
+            run = run_sequences(specs, results, propagator_factory(), binary=binary, progress=run_progress)
+        result = score_results(
+            specs,
+            results,
+            binary=binary,
+            workers=workers,
+            legacy_uint8_decay=legacy_uint8_decay,
+            progress=score_progress,
+        )
+        csvs = write_csvs(result, out, split)
     return EvalReport(benchmark, split, result, results, csvs, model=model, run=run, specs=list(specs),
                       binary=binary)
 
