@@ -36,7 +36,7 @@ def _params():
         yield pytest.param(spec.name, marks=marks, id=spec.name)
 
 
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", list(_params()))
 def test_shipped_model_keeps_both_objects_of_a_simple_clip(name, one_thread):
     frames, masks = disc_and_square_clip()
     model = load_model(name)
