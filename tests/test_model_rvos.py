@@ -345,3 +345,11 @@ def test_objects_decode_as_the_checkpoint_was_trained(tmp_path) -> None:
     assert build_train_model(TrainConfig(**base, objects=1, init=str(chained))).chain is True
     assert build_train_model(TrainConfig(**base, zero_shot=True, init=str(chained))).chain is True
     assert build_train_model(TrainConfig(**base, zero_shot=True, init=str(path))).chain is False
+    # A resumed run keeps its own record, whatever became of its --init file.
+    from vostool.train.checkpoint import RunCheckpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    RunCheckpoint(config=None, model={}, model_config={"chain": True}).save(run / "last.pt")
+    resumed = TrainConfig(**base, zero_shot=True, init=str(tmp_path / "gone.safetensors"), resume=True, out=str(run))
+    assert build_train_model(resumed).chain is True

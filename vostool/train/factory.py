@@ -69,10 +69,18 @@ def build_train_model(cfg: TrainConfig) -> VOSModel:
     if cls.can_decode_jointly:
         # the checkpoint records whether its objects were trained as one chain: in this
         # stage (several objects per sample) or in the stage it starts from
-        extra["chain"] = bool((not cfg.zero_shot and objects_per_sample(cfg) > 1)
-                              or (cfg.init and _model_config(cfg.init).get("chain", False)))
+        extra["chain"] = (not cfg.zero_shot and objects_per_sample(cfg) > 1) or _inherited_chain(cfg)
     return build_model(cfg.model, cfg.backbone, pretrained=cfg.pretrained and not cfg.init and not cfg.resume,
                        **extra)
+
+
+def _inherited_chain(cfg: TrainConfig) -> bool:
+    """Whether the weights a stage starts from were trained as one chain: a resumed run's
+    own record (its ``last.pt``; the ``--init`` file may be gone by then), else ``--init``'s."""
+    if cfg.resume:
+        last = Path(cfg.out) / "last.pt"
+        return bool(last.is_file() and _model_config(last).get("chain", False))
+    return bool(cfg.init and _model_config(cfg.init).get("chain", False))
 
 
 def _model_config(path: str | Path) -> dict[str, Any]:
