@@ -273,4 +273,7 @@ def test_a_folder_in_use_by_another_eval_is_one_clear_error(tmp_path: Path, fake
     r = invoke("davis16", "--davis-root", str(root), "--model", "fake", "--out", str(out), "--json", "--quiet")
     assert r.exit_code == 0, r.output
     assert eval_api._default_out("davis16", "crvos", "val", adapt=True).name == "davis16-crvos-val-adapt"
+    (tmp_path / "a_file").write_text("x")  # a results folder that cannot be made: one line too
+    _expect_error(["davis16", "--davis-root", str(root), "--model", "fake", "--out", str(tmp_path / "a_file" / "o"),
+                   "--quiet"], "cannot write results to")
     assert eval_api._default_out("davis16", "crvos", "val").name == "davis16-crvos-val"

@@ -74,8 +74,12 @@ def _exclusive(folder: Path) -> Iterator[None]:
     the same time (two shells, the same default folder) would mix the two runs' PNGs and
     print wrong figures, so it stops with one clear error instead. An OS lock on
     ``folder/.vostool-eval.lock``: released when the process ends, however it ends."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".vostool-eval.lock", "a+b") as fh:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(folder / ".vostool-eval.lock", "a+b")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise VostoolError(f"cannot write results to {folder}: {exc.strerror or exc}") from None
+    with fh:
         try:
             if os.name == "nt":  # pragma: no cover - Windows
                 import msvcrt
