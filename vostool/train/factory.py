@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,11 @@ def build_dataset(cfg: TrainConfig, rank: int = 0) -> torch.utils.data.Dataset:
     raise VostoolError(f"unknown stage '{cfg.stage}'; choose one of: {', '.join(STAGES)}")
 
 
-def build_train_model(cfg: TrainConfig) -> VOSModel:
-    """The registry's model for ``cfg`` (ImageNet backbone weights only for a fresh run)."""
+def build_train_model(cfg: TrainConfig, based_on: Mapping[str, Any] | None = None) -> VOSModel:
+    """The registry's model for ``cfg`` (ImageNet backbone weights only for a fresh run).
+
+    based_on: the architecture config of the weights the stage starts from (a resumed run's
+    own, or ``--init``'s), when the caller has read them already; None reads them here."""
     cls = get_spec(cfg.model).cls
     extra: dict[str, Any] = {}
     if cfg.zero_shot and cls.supports_zero_shot:
@@ -69,26 +73,20 @@ def build_train_model(cfg: TrainConfig) -> VOSModel:
     if cls.can_decode_jointly:
         # the checkpoint records whether its objects were trained as one chain: in this
         # stage (several objects per sample) or in the stage it starts from
-        extra["chain"] = (not cfg.zero_shot and objects_per_sample(cfg) > 1) or _inherited_chain(cfg)
+        if based_on is None:
+            based_on = _based_on(cfg)
+        extra["chain"] = (not cfg.zero_shot and objects_per_sample(cfg) > 1) or bool(based_on.get("chain", False))
     return build_model(cfg.model, cfg.backbone, pretrained=cfg.pretrained and not cfg.init and not cfg.resume,
                        **extra)
 
 
-def _inherited_chain(cfg: TrainConfig) -> bool:
-    """Whether the weights a stage starts from were trained as one chain: a resumed run's
-    own record (its ``last.pt``; the ``--init`` file may be gone by then), else ``--init``'s."""
+def _based_on(cfg: TrainConfig) -> dict[str, Any]:
+    """The architecture config of the weights a stage starts from: a resumed run's own record
+    (its ``last.pt``; the ``--init`` file may be gone by then), else ``--init``'s ({} if none)."""
     if cfg.resume:
         last = Path(cfg.out) / "last.pt"
-        return bool(last.is_file() and _model_config(last).get("chain", False))
-    return bool(cfg.init and _model_config(cfg.init).get("chain", False))
-
-
-def _model_config(path: str | Path) -> dict[str, Any]:
-    """The architecture config a previous stage's weights were saved with ({} if none)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return dict(json.loads(read_checkpoint(path)[1].get("config", "{}")))
-    return dict(RunCheckpoint.load(path).model_config)
+        return dict(RunCheckpoint.load(last).model_config) if last.is_file() else {}
+    return read_init_weights(cfg.init).config if cfg.init else {}
 
 
 def _card_stages(path: Path) -> list[dict[str, Any]]:
@@ -105,18 +103,37 @@ def _card_stages(path: Path) -> list[dict[str, Any]]:
     return [s for s in stages if isinstance(s, dict)]
 
 
-def load_init_weights(model: VOSModel, path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Load a previous stage's weights strictly; returns the commands and stage records
-    that made them."""
+@dataclasses.dataclass
+class InitWeights:
+    """A previous stage's weights (``--init``), read once."""
+
+    path: Path
+    model: str | None                 # the model they were trained for, where recorded
+    state: dict[str, torch.Tensor]
+    config: dict[str, Any]            # the architecture config they were saved with
+    commands: list[str]
+    stages: list[dict[str, Any]]
+
+
+def read_init_weights(path: str | Path) -> InitWeights:
+    """Read exported weights (``.safetensors``, with their card's stage records) or a run's
+    checkpoint (``last.pt`` / ``best.pt``)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         state, meta = read_checkpoint(path)
-        if meta.get("model", model.name) != model.name:
-            raise VostoolError(f"{path} holds weights for model '{meta['model']}', not '{model.name}'")
-        load_weights_strict(model, state, source=str(path))
-        return json.loads(meta.get("commands", "[]")), _card_stages(path)
+        return InitWeights(path, meta.get("model"), state, dict(json.loads(meta.get("config", "{}"))),
+                           json.loads(meta.get("commands", "[]")), _card_stages(path))
     ck = RunCheckpoint.load(path)
-    if ck.config is not None and ck.config.model != model.name:
-        raise VostoolError(f"{path} holds weights for model '{ck.config.model}', not '{model.name}'")
-    load_weights_strict(model, ck.model, source=str(path))
-    return list(ck.commands), list(ck.stages)
+    return InitWeights(path, ck.config.model if ck.config is not None else None, ck.model, dict(ck.model_config),
+                       list(ck.commands), list(ck.stages))
+
+
+def load_init_weights(model: VOSModel, init: str | Path | InitWeights) -> tuple[list[str], list[dict[str, Any]]]:
+    """Load a previous stage's weights strictly; returns the commands and stage records
+    that made them."""
+    if not isinstance(init, InitWeights):
+        init = read_init_weights(init)
+    if init.model is not None and init.model != model.name:
+        raise VostoolError(f"{init.path} holds weights for model '{init.model}', not '{model.name}'")
+    load_weights_strict(model, init.state, source=str(init.path))
+    return init.commands, init.stages

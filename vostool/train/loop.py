@@ -51,7 +51,8 @@ from vostool.train.config import (RUNTIME_FIELDS, SCHEDULES, STAGES, TrainConfig
 from vostool.train.data import MixedClips
 from vostool.train.distributed import BatchSampler, Dist, init_distributed
 from vostool.train.ema import WeightAverage
-from vostool.train.factory import build_dataset, build_train_model, load_init_weights, objects_per_sample
+from vostool.train.factory import (
+    build_dataset, build_train_model, load_init_weights, objects_per_sample, read_init_weights)
 from vostool.train.freeze import freeze_backbones, param_groups, set_train_mode, train_only
 from vostool.train.loss import ClipLoss, clip_loss, to_channels_last_clip
 from vostool.train.report import Reporter, data_summary, hardware_name
@@ -107,7 +108,7 @@ class Trainer:
         self._setup_process()
         check_data(cfg)
         self.out = self._prepare_out()
-        self.model = self._build_model(model_factory)
+        self.model = self._build_model(model_factory, resumed)
         self._build_optimizer()
         self._restore(resumed)
         self.wrapped = self._wrap()
@@ -142,14 +143,20 @@ class Trainer:
                 raise VostoolError(f"{out} already holds a run (last.pt); use --resume to continue it or another --out")
         return out
 
-    def _build_model(self, model_factory: Callable[[TrainConfig], VOSModel] | None) -> VOSModel:
+    def _build_model(self, model_factory: Callable[[TrainConfig], VOSModel] | None,
+                     resumed: RunCheckpoint | None) -> VOSModel:
         """The model on its device, started from ``init`` if given, with what learns set."""
         cfg = self.cfg
-        model = model_factory(cfg) if model_factory is not None else build_train_model(cfg)
+        init = read_init_weights(cfg.init) if cfg.init and not cfg.resume else None
+        if model_factory is not None:
+            model = model_factory(cfg)
+        else:  # the architecture of the weights it starts from, each file read once
+            based_on = resumed.model_config if resumed is not None else init.config if init is not None else {}
+            model = build_train_model(cfg, based_on)
         self.commands: list[str] = []
         self.prior_stages: list[dict[str, Any]] = []
-        if cfg.init and not cfg.resume:
-            self.commands, self.prior_stages = load_init_weights(model, cfg.init)
+        if init is not None:
+            self.commands, self.prior_stages = load_init_weights(model, init)
         model = model.to(self.device)
         if cfg.channels_last and self.device.type != "mps":
             model = model.to(memory_format=torch.channels_last)
