@@ -8,7 +8,7 @@ import torch
 from test_engine import CopyModel
 
 from vostool.engine import Propagator
-from vostool.engine.window import MIN_PAD, apply_window, search_window
+from vostool.engine.window import MIN_PAD, apply_window, keep_connected, search_window
 
 
 class BrightModel(CopyModel):
@@ -108,3 +108,60 @@ def test_window_off_changes_nothing(window):
     b, _ = _run(window=0)
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
+
+
+def test_keep_connected_drops_only_parts_away_from_the_previous_mask():
+    prev = torch.zeros(3, 40, 60)
+    prev[0, 10:20, 10:20] = 0.9               # object 1: a square
+    prev[1, 10:20, 40:50] = 0.9               # object 2: a square, about to be split by an occluder
+    fg = torch.zeros(4, 1, 40, 60)            # 3 objects and a union row
+    fg[0, 0, 11:21, 11:21] = 0.8              # object 1 moved by 1 px ...
+    fg[0, 0, 32:36, 50:54] = 0.7              # ... and a stray blob far from it
+    fg[1, 0, 10:20, 40:44] = 0.8              # object 2 in two parts, both where it was
+    fg[1, 0, 10:20, 47:50] = 0.8
+    fg[2, 0, 0:5, 0:5] = 0.9                  # object 3 had no pixel: left alone (it may come back anywhere)
+    fg[3, 0] = 0.6                            # the union row: left alone
+    reach = 2 / 60                            # grown by 2 px
+    out = keep_connected(fg, prev[:3], reach)
+    assert torch.equal(out[0, 0, 11:21, 11:21], fg[0, 0, 11:21, 11:21])
+    assert out[0, 0, 32:36, 50:54].max() == 0
+    assert torch.equal(out[1:], fg[1:])
+    assert torch.equal(fg[0, 0, 32:36, 50:54], torch.full((4, 4), 0.7))  # the input is not changed
+    near = fg.clone()
+    near[0, 0, 32:36, 50:54] = 0
+    near[0, 0, 12:16, 8:10] = 0.7             # a blob 1 px left of the object, within reach: kept
+    assert torch.equal(keep_connected(near, prev[:3], reach), near)
+
+
+def _near_look_alike(n=6, h=64, w=96):
+    """The moving square of :func:`_frames` and, from frame 2, a look-alike 7 px below it,
+    inside the object's search window but not touching it."""
+    frames, masks = _frames(n=n, h=h, w=w, distractor_from=n)
+    for t in range(2, n):
+        frames[t][37:43, 8:14] = 255
+    return frames, masks
+
+
+@pytest.mark.parametrize("connected", [False, True])
+def test_a_look_alike_inside_the_window_is_dropped_when_the_model_keeps_objects_connected(connected):
+    frames, masks = _near_look_alike()
+    model = BrightModel()
+    model.window_connected = connected
+    prop = Propagator(model, device="cpu", precision="fp32", size=None, threads=1, window=1.0)
+    got = [prop.start(frames[0], masks[0]).index] + [prop.step(f).index for f in frames[1:]]
+    if connected:
+        for g, truth in zip(got, masks):
+            assert np.array_equal(g, truth)
+    else:
+        assert (got[-1][37:43, 8:14] == 1).all()  # the window alone lets it take the id
+    off = Propagator(model, device="cpu", precision="fp32", size=None, threads=1, window=0)
+    got = [off.start(frames[0], masks[0]).index] + [off.step(f).index for f in frames[1:]]
+    assert (got[-1][37:43, 8:14] == 1).all()  # --window 0: neither the box nor the connection
+
+
+def test_crvos_keeps_objects_connected_by_default():
+    from vostool.models import get_spec
+    from vostool.models.base import VOSModel
+
+    assert VOSModel.window_connected is False
+    assert get_spec("crvos").cls.window_connected is True

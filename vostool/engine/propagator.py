@@ -53,7 +53,7 @@ from vostool.engine.device import (
 from vostool.engine.adapt import Adaptation
 from vostool.engine.backends import OrtPredict
 from vostool.engine.fastpath import FastBackbones, fingerprint, fold_batchnorm, inference_copies
-from vostool.engine.window import apply_window
+from vostool.engine.window import apply_window, keep_connected
 from vostool.errors import VostoolError
 from vostool.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from vostool.models.base import Features, State, VOSModel
@@ -164,6 +164,9 @@ class Propagator:
         window: search window margin (:mod:`vostool.engine.window`): each object's
             foreground is kept within its previous box grown by this multiple of the box's
             longer side; ``"model"`` (default): the model's ``search_window``; None or 0: off.
+            With the window on, a model that declares ``window_connected`` (crvos) also keeps
+            only the parts of each object's new mask that touch its previous mask
+            (:func:`~vostool.engine.window.keep_connected`).
     """
 
     def __init__(
@@ -300,6 +303,8 @@ class Propagator:
         fg = self._predict(image)
         if self.window and self._prev is not None and len(self._prev) == len(self.object_ids):
             fg = apply_window(fg, self._prev, self.window, self._union)
+            if self.model.window_connected:
+                fg = keep_connected(fg, self._prev)
         merged, feedback = self._merge(fg)
         for lane in self._lanes:
             self._feed_back(lane, feedback)

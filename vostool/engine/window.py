@@ -10,10 +10,20 @@ frame's longer side), before the objects are merged. An object with no pixel lef
 window, so that it can come back anywhere (DAVIS's bmx-bumps: the rider, hidden for 15 frames,
 reappears away from where he was lost; keeping the last place lowered its J from 0.54 to 0.45).
 Measured choices are in the README (``--window``).
+
+A look-alike *inside* the window can still start as a few stray pixels apart from the object
+(the demo's tree crowns, a red balloon beside a dancer), be fed back as part of the object and
+grow. For models that declare :attr:`~vostool.models.base.VOSModel.window_connected`, the window
+therefore also keeps only the parts of an object's new mask that touch where it was: its
+previous mask grown by ``MIN_PAD`` of the frame's longer side (:func:`keep_connected`). An
+object split in two by an occluder keeps both parts (each overlaps its previous mask); a part
+that appears away from it is dropped, and an object with no pixel left is left alone, as above.
 """
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 
 #: the smallest growth of a box on each side, as a fraction of the frame's longer side (small
@@ -57,3 +67,37 @@ def apply_window(fg: torch.Tensor, prev: torch.Tensor, margin: float, union: boo
     if union:
         win = torch.cat([win, win.amax(0, keepdim=True)])
     return fg * win[:, None]
+
+
+def keep_connected(fg: torch.Tensor, prev: torch.Tensor, reach: float = MIN_PAD) -> torch.Tensor:
+    """Drop the parts of each object's new mask that do not touch where it was.
+
+    fg: ``R x 1 x h x w`` per-row foreground probabilities, the first K rows the objects (a
+    union row after them is left alone); prev: ``K x h x w`` the previous frame's merged
+    probabilities. For each object with previous pixels (> 0.5), the 8-connected regions of its
+    new mask (> 0.5) that do not overlap its previous mask grown by ``reach`` x the frame's
+    longer side get probability 0. Returns ``R x 1 x h x w`` (``fg`` itself when nothing is
+    dropped).
+    """
+    k, h, w = prev.shape
+    r = max(1, round(reach * max(h, w)))
+    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    was = (prev > 0.5).cpu().numpy()
+    now = (fg[:k, 0] > 0.5).cpu().numpy()
+    out = fg
+    for j in range(k):
+        if not was[j].any() or not now[j].any():
+            continue
+        n, labels = cv2.connectedComponents(now[j].view(np.uint8), connectivity=8)
+        if n <= 2:  # one region (or none): it is the object
+            continue
+        near = cv2.dilate(was[j].view(np.uint8), grow).view(bool)
+        keep = np.zeros(n, bool)
+        keep[np.unique(labels[near & now[j]])] = True
+        keep[0] = True  # the background label
+        drop = ~keep[labels]
+        if drop.any():
+            if out is fg:
+                out = fg.clone()
+            out[j, 0][torch.from_numpy(drop).to(fg.device)] = 0
+    return out

@@ -67,6 +67,10 @@ class VOSModel(nn.Module):
     #: previous box's longer side, :mod:`vostool.engine.window`); None: no window. Callers
     #: override it (``--window``); the value is measured per model (README).
     search_window: float | None = None
+    #: with the search window on, also drop the parts of an object's new mask that do not
+    #: touch its previous mask (:func:`vostool.engine.window.keep_connected`); measured per
+    #: model (README), off where it was not measured
+    window_connected: bool = False
     #: the state tensors :meth:`predict` reads, when ``predict`` ignores its image and is a
     #: pure tensor function of the features and these tensors (no branches on values, no
     #: state written): the engine may then run it as one exported graph (ONNX Runtime,

@@ -43,6 +43,16 @@ Choices where the paper is silent (or deviations):
   two-object dev pairs 0.673 off, 0.736 at 1.0; the demo's ball IoU 0.462 off, 0.965 at 1.0
   (kite 0.344 / 0.366); a margin of 2.0 leaves the demo's ball at 0.428 (the trees are
   within it).
+- Connected to where it was (``window_connected``, the engine's
+  :func:`~vostool.engine.window.keep_connected`; not in the paper): inside the window a
+  look-alike still starts as a few stray pixels apart from the object (the demo's tree crowns
+  near the ball, the crowd around dance-jump's dancer), is fed back through the Clue and grows.
+  With the window on, crvos keeps only the parts of each object's new mask that touch its
+  previous mask grown by 5% of the frame's longer side. Measured with the shipped weights of
+  2026-12-06 at 448, fp32 on the AVX2 CPU (the same commands as the window's; on vs off):
+  dev split J&F 0.730 vs 0.723 (dance-jump 0.644 vs 0.611, horsejump-low 0.766 vs 0.751, the
+  other three within 0.005), two-object dev pairs 0.760 vs 0.736, the demo unchanged (0.965 /
+  0.366).
 """
 
 from __future__ import annotations
@@ -72,6 +82,7 @@ class CRVOS(VOSModel):
     """
 
     search_window = 1.0  # measured: see the module docstring
+    window_connected = True  # measured: see the module docstring
     graph_state_keys = ("clue_mask",)  # predict: features + the Clue's mask, image unused
 
     def __init__(
