@@ -51,7 +51,7 @@ def test_resolution_order(isolated, tmp_path, monkeypatch):
         W.resolve_weights("crvos")
     # the cache (file named with the hash prefix)
     cache.mkdir(parents=True)
-    cached = cache / "crvos-67ecc331.safetensors"
+    cached = cache / f"crvos-{W.Weights.CRVOS.value.sha256[:8]}.safetensors"
     shutil.copy(real / "crvos.safetensors", cached)
     assert W.resolve_weights("crvos") == cached
     # the package comes before the cache
@@ -79,7 +79,7 @@ def test_download_from_file_url_and_checksums(isolated, tmp_path, monkeypatch):
     shutil.copy(real / "crvos.json", mirror)
     monkeypatch.setenv("VOSTOOL_WEIGHTS_URL", mirror.as_uri())
     path = W.resolve_weights("crvos")
-    assert path == tmp_path / "cache" / "weights" / "crvos-67ecc331.safetensors"
+    assert path == tmp_path / "cache" / "weights" / f"crvos-{W.Weights.CRVOS.value.sha256[:8]}.safetensors"
     assert W.file_sha256(path) == W.Weights.CRVOS.value.sha256
     assert json.loads(path.with_suffix(".json").read_text())["model"] == "crvos"  # the card too
     assert load_model("crvos").weights_info.inference_size == 448

@@ -52,7 +52,9 @@ Choices where the paper is silent (or deviations):
   2026-12-06 at 448, fp32 on the AVX2 CPU (the same commands as the window's; on vs off):
   dev split J&F 0.730 vs 0.723 (dance-jump 0.644 vs 0.611, horsejump-low 0.766 vs 0.751, the
   other three within 0.005), two-object dev pairs 0.760 vs 0.736, the demo unchanged (0.965 /
-  0.366).
+  0.366). With the weights shipped on 2026-12-07: dev 0.759 vs 0.749, pairs 0.786 vs 0.762; a
+  checkpoint of the same run (iteration 300) lost the demo's ball to a tree crown without it
+  (0.415) and kept it with it (0.969).
 """
 
 from __future__ import annotations

@@ -137,8 +137,8 @@ class Weights(Enum):
     """The shipped checkpoints (``Weights.CRVOS.value.sha256``, ``Weights.for_model("gam")``)."""
 
     CRVOS = WeightsRecord(
-        "crvos", "crvos.safetensors", "67ecc331f88c39376a4a012897b5cc28663fd87ceff7153c0c84e16f3f06417b",
-        8418640, 448, "mobilenet_v2", "crvos.json",
+        "crvos", "crvos.safetensors", "1f9b59fa6d9c54b41520c9e8b211f6594ea872a92c4f5cb15e3d4d36765c8739",
+        8419120, 448, "mobilenet_v2", "crvos.json",
     )
     DTN = WeightsRecord(
         "dtn", "dtn.safetensors", "2d425e95ef66d90b2ea82a6e2532f5b5f989e262b4ec7726213d0c7269772fec",
