@@ -159,9 +159,13 @@ def test_a_look_alike_inside_the_window_is_dropped_when_the_model_keeps_objects_
     assert (got[-1][37:43, 8:14] == 1).all()  # --window 0: neither the box nor the connection
 
 
-def test_crvos_keeps_objects_connected_by_default():
+CONNECTED = {"crvos": True, "gam": True, "rgmp": True, "dtn": False, "rvos": True}  # measured (README)
+
+
+@pytest.mark.parametrize("name", sorted(CONNECTED))
+def test_which_models_keep_objects_connected_by_default(name):
     from vostool.models import get_spec
     from vostool.models.base import VOSModel
 
-    assert VOSModel.window_connected is False
-    assert get_spec("crvos").cls.window_connected is True
+    assert VOSModel.window_connected is False  # a model that was not measured: off
+    assert get_spec(name).cls.window_connected is CONNECTED[name]

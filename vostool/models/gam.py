@@ -100,6 +100,13 @@ Choices where the paper is silent (or deviations):
   (``vostool eval ... --window M``, 2026-12-07): dev split J&F 0.643 off, 0.646 at 1.0;
   two-object dev pairs 0.544 off, 0.661 at 1.0 (global attention matches the other
   object's look-alike pixels anywhere in the frame; the window keeps them out).
+- Connected to where it was (``window_connected``, the engine's
+  :func:`~vostool.engine.window.keep_connected`): with the window on, only the parts of an
+  object's new mask that touch its previous mask (grown by 5% of the frame's longer side) are
+  kept. Measured with the weights shipped since 2026-12-07's third session, size 480, fp32 on
+  an AVX2 CPU (``vostool eval`` with every default, before and after the rule): dev split J&F
+  0.697 -> 0.710 (dance-jump 0.457 -> 0.516, the others within 0.003), two-object dev pairs
+  0.747 -> 0.749.
 """
 
 from __future__ import annotations
@@ -256,6 +263,7 @@ class GAM(VOSModel):
 
     stride = 16
     search_window = 1.0  # measured: see the module docstring
+    window_connected = True  # measured: see the module docstring
     lr_scales = {"cam.alpha_raw": 300.0}  # CAM's gate learns at 300x the rate: see the module docstring
 
     def __init__(

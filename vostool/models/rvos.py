@@ -96,6 +96,15 @@ Deviations and choices where the paper is silent:
   holds an object). Measured with the shipped weights at size 480, fp32 on an AVX2 CPU
   (``vostool eval ... --window M``, 2026-12-07): dev split J&F 0.609 off, 0.606 at 1.0 (within
   this five-sequence split's noise); two-object dev pairs 0.299 off, 0.356 at 1.0.
+- Connected to where it was (``window_connected``, the engine's
+  :func:`~vostool.engine.window.keep_connected`): with the window on, only the parts of an
+  object's new mask that touch its previous mask (grown by 5% of the frame's longer side) are
+  kept; the shipped file's masks break into stray blobs on textured background (the simple
+  clip of ``tests/test_shipped_tracking.py``) and in crowds. Measured with the shipped file at
+  480, fp32 on an AVX2 CPU (``vostool eval`` with every default, before and after the rule,
+  2026-12-07): dev split J&F 0.606 -> 0.636 (dance-jump 0.342 -> 0.413, horsejump-low
+  0.697 -> 0.744), two-object dev pairs 0.610 -> 0.639. It does not save the simple clip
+  (both objects are still lost).
 """
 
 from __future__ import annotations
@@ -216,6 +225,7 @@ class RVOS(VOSModel):
     can_decode_jointly = True
     supports_zero_shot = True
     search_window = 1.0  # measured: see the module docstring
+    window_connected = True  # measured: see the module docstring
 
     def __init__(
         self, backbone: str = "mobilenet_v2", pretrained: bool = False, hidden: int = 128,
