@@ -75,6 +75,9 @@ def test_models_lists_inference_size_without_breaking_words(tmp_path, monkeypatc
     r = invoke("models", "--json")
     crvos = next(m for m in __import__("json").loads(r.output)["models"] if m["model"] == "crvos")
     assert crvos["inference_size"] == 352
+    assert crvos["search_window"] == 1.0 and crvos["window_connected"] is True
+    dtn = next(m for m in __import__("json").loads(r.output)["models"] if m["model"] == "dtn")
+    assert dtn["search_window"] is None and dtn["window_connected"] is False  # no window: nothing to connect
 
 
 # -- a small clip and random weights for the segment cases ------------------------------------

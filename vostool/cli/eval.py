@@ -59,7 +59,8 @@ _ADAPT = typer.Option(False, "--adapt", help="Each sequence first learns its obj
 _ADAPT_STEPS = int_option(None, "--adapt-steps", lo=0, hi=100_000, help="Optimisation steps of --adapt "
                           "(default 100).")
 _WINDOW = float_option(None, "--window", lo=0, hi=100, help="Search window: each object is kept within its "
-                       "previous box grown by this multiple of the box's side (0: off; default: the "
+                       "previous box grown by this multiple of the box's side, and for most models "
+                       "connected to its previous mask (0: off; default: the "
                        "model's, see `vostool models`).")
 _REPORT = typer.Option(None, "--report", help="Also write DIR/report.html: J&F bars worst first, J per frame "
                        "curves, and prediction/ground-truth frame strips of the worst sequences (PNGs beside it).")

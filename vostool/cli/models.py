@@ -30,6 +30,7 @@ def models(
             "weights_mb": round(path.stat().st_size / 2**20, 1) if path.is_file() else None,
             "inference_size": _inference_size(card, path),
             "search_window": spec.cls.search_window,
+            "window_connected": bool(spec.cls.search_window) and spec.cls.window_connected,
             "card": card,
         })
     if as_json:
@@ -47,11 +48,13 @@ def models(
         size = r["inference_size"]
         table.add_row(r["model"], f"{r['weights_mb']} MiB" if r["weights"] else "none",
                       str(card.get("backbone", r["default_backbone"])) if r["weights"] else "-",
-                      str(size) if size else "-", f"{r['search_window']:g}" if r["search_window"] else "off",
+                      str(size) if size else "-",
+                      (f"{r['search_window']:g}" + (" +c" if r["window_connected"] else "")) if r["search_window"] else "off",
                       f"{dev:.3f}" if isinstance(dev, (int, float)) else "-")
     console.print(table)
     console.print("size: the inference size (shorter side) the weights were trained and scored at, used "
-                  "unless --size says otherwise; window: the default --window (search window margin); dev J&F: on "
+                  "unless --size says otherwise; window: the default --window (search window margin; +c: objects "
+                  "kept connected to their previous mask); dev J&F: with every default, on "
                   "the held-out dev split at that size.",
                   highlight=False, soft_wrap=True)
     for r in rows:

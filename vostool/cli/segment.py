@@ -245,7 +245,8 @@ def segment(
     window: Optional[float] = float_option(None, "--window", lo=0, hi=100, help="Search window: each object "
                                            "is kept within its previous box grown by this multiple of the "
                                            "box's longer side, so that look-alikes elsewhere cannot take its "
-                                           "id (0: off; default: the model's, see `vostool models`)."),
+                                           "id; for most models only the parts touching its previous mask are "
+                                           "kept (0: off; default: the model's, see `vostool models`)."),
     adapt: bool = typer.Option(False, "--adapt", help="Before propagating, learn each video's objects from "
                                "the given mask (a light target model on the frozen encoder features; every "
                                "--mask-at learns its objects again); the weights are never changed."),

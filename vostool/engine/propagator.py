@@ -164,7 +164,7 @@ class Propagator:
         window: search window margin (:mod:`vostool.engine.window`): each object's
             foreground is kept within its previous box grown by this multiple of the box's
             longer side; ``"model"`` (default): the model's ``search_window``; None or 0: off.
-            With the window on, a model that declares ``window_connected`` (crvos) also keeps
+            With the window on, a model that declares ``window_connected`` (crvos, gam, rgmp, rvos) also keeps
             only the parts of each object's new mask that touch its previous mask
             (:func:`~vostool.engine.window.keep_connected`).
     """
