@@ -49,6 +49,36 @@ def test_soft_aggregation_math():
     assert torch.allclose(one.sum(0), torch.ones(2))
 
 
+def test_soft_aggregation_matches_the_softmax_of_logits_in_every_form():
+    """RGMP's Eq. 1 as written (softmax over logit(p)) and the normalised odds vostool computes
+    agree, also at the clamped extremes, with a given background, with gradients and in fp16."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(3, 17, 19, generator=g)
+    p[0, 0, :4] = torch.tensor([0.0, 1.0, 1e-9, 1 - 1e-9])
+    bg = torch.rand(1, 17, 19, generator=g)
+
+    def eq1(probs, background=None, eps=1e-7):
+        b = 1 - probs.max(0, keepdim=True).values if background is None else background
+        q = torch.cat([b, probs]).clamp(eps, 1 - eps).double()  # clamped in fp32, as the engine does
+        return torch.softmax(torch.log(q) - torch.log1p(-q), 0)
+
+    for background in (None, bg):
+        want = eq1(p, background)
+        got = soft_aggregate(p.clone(), background=background)
+        assert got.dtype == torch.float32 and torch.allclose(got.double(), want, atol=1e-6)
+        x = p.clone().requires_grad_(True)
+        out = soft_aggregate(x, background=background)
+        assert torch.allclose(out.double(), want, atol=1e-6)
+        out[1:].sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        half = soft_aggregate(p.half(), background=None if background is None else background.half())
+        assert half.dtype == torch.float16 and torch.isfinite(half).all()
+        assert torch.allclose(half.double(), want, atol=5e-3)  # fp16 inputs: ~3e-3
+    x = p.clone()
+    soft_aggregate(x)
+    assert torch.equal(x, p)  # the input is not changed
+
+
 def test_convlstm_shapes_and_state():
     cell = ConvLSTMCell(4, 6)
     h, c = cell(torch.randn(2, 4, 5, 5))
