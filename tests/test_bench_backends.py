@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 from vostool.bench import benchmark
 from vostool.bench.synthetic import SyntheticClip
@@ -218,3 +219,44 @@ def test_models_without_a_graph_keep_the_torch_decoder():
     _, prop = _run(build_model("gam"), "onnxruntime", objects=1)
     assert build_model("gam").graph_state_keys is None
     assert prop._graph is None and "decoder" not in prop.inference_path
+
+
+@pytest.mark.parametrize("cin,bias,multiple", [(133, True, 8), (34, False, 8), (66, True, 16), (9, True, 8)])
+def test_channel_padded_convolution_is_the_same_convolution(cin, bias, multiple):
+    """Zero input channels with zero weights change nothing: the padded copy gives the
+    convolution's own output, and the original keeps its weights."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, 16, 3, padding=1, bias=bias)
+    before = {k: v.clone() for k, v in conv.state_dict().items()}
+    padded = backends._ChannelPaddedConv(conv, multiple)
+    assert padded.conv.in_channels % multiple == 0 and padded.conv.in_channels - cin < multiple
+    x = torch.randn(2, cin, 9, 11)
+    with torch.no_grad():
+        assert torch.allclose(padded(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, conv.state_dict()[k]) for k, v in before.items())
+
+
+def test_onnxruntime_decoder_graph_has_blocked_channels_and_leaves_the_model_as_it_was(monkeypatch):
+    """crvos's refine convolutions read 128 + 5, 64 + 2 and 32 + 2 channels: the exported
+    graph reads them padded to the channel block, and the model keeps its own modules."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    monkeypatch.setattr(backends, "nchwc_block", lambda: 8)
+    torch.manual_seed(0)
+    model = build_model("crvos").eval()
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    feats = {"s4": torch.randn(1, 24, 12, 20), "s8": torch.randn(1, 32, 6, 10), "s16": torch.randn(1, 320, 3, 5)}
+    state = {"clue_mask": torch.softmax(torch.randn(1, 2, 3, 5), 1)}
+    graph = backends.OrtPredict(model, model.graph_state_keys)
+    with torch.inference_mode():
+        ref = model.predict(torch.empty(0), feats, state)
+        got = graph(feats, state)
+    assert got is not None and torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)} == convs
+    (proto_bytes,) = graph._graphs.values()
+    proto = onnx.load_from_string(proto_bytes)
+    weights = {t.name: list(t.dims) for t in proto.graph.initializer}
+    in_channels = sorted(weights[n.input[1]][1] for n in proto.graph.node
+                         if n.op_type == "Conv" and n.input[1] in weights)
+    assert all(c % 8 == 0 for c in in_channels if c > 8), in_channels
+    assert {40, 72, 136} <= set(in_channels)

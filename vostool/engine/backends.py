@@ -7,8 +7,8 @@ fp32 copy is exported to ONNX once per model and run by ONNX Runtime's CPU kerne
 (MLAS), which are about 2x faster than oneDNN fp32 on MobileNetV2-style depthwise
 networks. A model whose ``predict`` is a pure tensor function of its features and some
 state tensors (:attr:`VOSModel.graph_state_keys`: crvos) has its decoder exported too
-(:class:`OrtPredict`, one graph per input shape); merging, the search window and
-resizing stay in torch.
+(:class:`OrtPredict`, one graph per input shape, its convolutions padded to ONNX
+Runtime's channel block); merging, the search window and resizing stay in torch.
 
 ``auto`` picks ``onnxruntime`` on CPUs without native bf16 when it is installed, and
 ``torch`` everywhere else (bf16 on CPUs with AVX-512 BF16 / AMX, CUDA, MPS).
@@ -162,6 +162,59 @@ class _PredictGraph(nn.Module):
         return self.model.predict(torch.empty(0), feats, state)  # type: ignore[operator]
 
 
+def nchwc_block() -> int:
+    """The channel block of ONNX Runtime's blocked (NCHWc) CPU convolutions: 16 floats on
+    CPUs with AVX-512, else 8 (AVX2). Convolutions whose input channels are not a multiple
+    of it run on its slower im2col path."""
+    from vostool.engine.device import cpu_flags
+
+    return 16 if "avx512f" in cpu_flags() else 8
+
+
+class _ChannelPaddedConv(nn.Module):
+    """``conv`` with its input padded by zero channels to a multiple of ``multiple`` and
+    zero weights for them: the same output (the extra products are exact zeros), in a shape
+    that ONNX Runtime runs on its blocked NCHWc kernels. x: ``N x C x H x W`` -> ``conv(x)``."""
+
+    def __init__(self, conv: nn.Conv2d, multiple: int) -> None:
+        super().__init__()
+        cin = conv.in_channels
+        self.pad = (-cin) % multiple
+        self.conv = nn.Conv2d(cin + self.pad, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, :cin] = conv.weight.detach().float()
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zeros = x.new_zeros(x.shape[0], self.pad, x.shape[2], x.shape[3])
+        return self.conv(torch.cat([x, zeros], 1))
+
+
+class _channels_padded:
+    """Inside the block, every dense ``Conv2d`` of ``model`` with more than ``multiple``
+    input channels that are not a multiple of it is replaced by a
+    :class:`_ChannelPaddedConv`; the originals are put back on exit (the model's weights
+    are never changed). For exporting graphs only."""
+
+    def __init__(self, model: nn.Module, multiple: int) -> None:
+        self.swaps = [(parent, name, child) for parent in model.modules()
+                      for name, child in parent._modules.items()
+                      if type(child) is nn.Conv2d and child.groups == 1
+                      and child.in_channels > multiple and child.in_channels % multiple]
+        self.multiple = multiple
+
+    def __enter__(self) -> None:
+        for parent, name, conv in self.swaps:
+            parent._modules[name] = _ChannelPaddedConv(conv, self.multiple)
+
+    def __exit__(self, *exc: object) -> None:
+        for parent, name, conv in self.swaps:
+            parent._modules[name] = conv
+
+
 class OrtPredict:
     """A model's ``predict`` run by ONNX Runtime on the CPU, fp32.
 
@@ -171,6 +224,8 @@ class OrtPredict:
     current weights, and kept only if its logits match torch's on that first input
     (relative error < 1e-3); otherwise :meth:`__call__` returns None from then on and
     :attr:`fallback` says why. One session per thread count (the thread governor).
+    Convolutions whose input channels miss ONNX Runtime's channel block (:func:`nchwc_block`)
+    are exported with zero channels added (:class:`_ChannelPaddedConv`: the same logits).
     """
 
     def __init__(self, model: nn.Module, state_keys: tuple[str, ...]) -> None:
@@ -206,7 +261,10 @@ class OrtPredict:
             with torch.inference_mode(False), torch.no_grad():
                 args = tuple(t.detach().to(torch.float32).contiguous().clone() for t in inputs)
                 buf = io.BytesIO()
-                with _quiet():
+                # decoder convolutions over concatenated features (e.g. crvos's 128 + 5
+                # channels) padded to ONNX Runtime's channel block: its NCHWc kernels then
+                # run them (crvos at 480x864: see scripts/profile_ort_graphs.py)
+                with _quiet(), _channels_padded(self.model, nchwc_block()):
                     torch.onnx.export(graph, args, buf, input_names=[f"in{i}" for i in range(len(args))],
                                       output_names=["logits"], opset_version=17, dynamo=False)
                 ref = graph(*args).float()
