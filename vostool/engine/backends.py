@@ -165,7 +165,8 @@ class _PredictGraph(nn.Module):
 def nchwc_block() -> int:
     """The channel block of ONNX Runtime's blocked (NCHWc) CPU convolutions: 16 floats on
     CPUs with AVX-512, else 8 (AVX2). Convolutions whose input channels are not a multiple
-    of it run on its slower im2col path."""
+    of it run on its slower im2col path. (Padding to it was measured on AVX2 only: see the
+    README; on AVX-512 crvos's refine convolutions grow by 8-41% instead of 2-18%.)"""
     from vostool.engine.device import cpu_flags
 
     return 16 if "avx512f" in cpu_flags() else 8
