@@ -23,15 +23,10 @@ import torch
 
 
 def profile(model_bytes: bytes, inputs: dict[str, np.ndarray], threads: int, runs: int, top: int) -> None:
-    import onnxruntime as ort
+    from vostool.engine.backends import ort_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as vostool runs it
-    so.enable_profiling = True
-    so.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    # the engine's own session options, with the profiler on
+    sess = ort_session(model_bytes, threads, profile_prefix=os.path.join(tempfile.mkdtemp(), "ort"))
     for _ in range(3):
         sess.run(None, inputs)
     times = []

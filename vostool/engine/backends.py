@@ -75,11 +75,16 @@ def resolve_backend(name: str, device: torch.device, precision: str) -> tuple[st
     return "onnxruntime", "no native bf16 and onnxruntime is installed (its fp32 kernels beat oneDNN's)"
 
 
-def ort_session(model_bytes: bytes, threads: int) -> Any:
-    """An ONNX Runtime CPU session of an exported graph with ``threads`` intra-op threads."""
+def ort_session(model_bytes: bytes, threads: int, profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session of an exported graph with ``threads`` intra-op threads
+    (with ``profile_prefix``, ONNX Runtime's profiler writes its JSON there: for
+    ``scripts/profile_ort_graphs.py``)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
