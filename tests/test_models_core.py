@@ -24,6 +24,25 @@ def test_backbone_strides_and_channels(name):
         assert feats[key].shape == (1, bb.channels[key], 64 // stride, 96 // stride)
 
 
+def test_mobilenet_v2_s32_same_parameters_strided_last_blocks():
+    """``mobilenet_v2_s32`` holds the dilated backbone's parameters (a file of one loads into the
+    other strictly) and returns s16 on the same 1/16 grid, also where that grid is odd; its last
+    blocks run at 1/32 (two strided 3x3 convolutions in the stride-16 stage), so s16 differs."""
+    dil, s32 = build_backbone("mobilenet_v2").eval(), build_backbone("mobilenet_v2_s32").eval()
+    assert dil.state_dict().keys() == s32.state_dict().keys()
+    s32.load_state_dict(dil.state_dict(), strict=True)
+    strides = [m.stride for m in s32.stage16.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert strides.count((2, 2)) == 2  # block 7 (1/8 -> 1/16) and block 14 (1/16 -> 1/32)
+    for h, w in ((240, 432), (64, 96), (80, 112)):  # 1/16 grids 15x27 (odd), 4x6, 5x7 (odd)
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            a, b = dil(x), s32(x)
+        for key in ("s4", "s8"):
+            assert torch.equal(a[key], b[key])
+        assert b["s16"].shape == a["s16"].shape == (1, 320, -(-h // 16), -(-w // 16))
+        assert (a["s16"] - b["s16"]).abs().max() > 0.1 * a["s16"].abs().max()  # (random weights: tiny maps)
+
+
 def test_coord_maps_ranges():
     c = coord_maps(2, 5, 7)
     assert c.shape == (2, 3, 5, 7)
