@@ -136,7 +136,10 @@ class MobileNetV2Backbone(Backbone):
     trained them, strided at 1/32, and returns their output bilinearly upsampled to the
     1/16 grid as ``s16``: the same parameters (weights load either way), about a quarter of
     those blocks' computation (they and the last 960 -> 320 projection are about half of the
-    dilated encoder's time on AVX2 CPUs; README, issue 17), a coarser ``s16``.
+    dilated encoder's time on AVX2 CPUs; README, issue 17), a coarser ``s16``. Measured on
+    2026-12-07 (``references/README.md``, crvos-s32): crvos fine-tuned into it from its shipped
+    file for 600 iterations takes 20-35% less time a frame at 480 on an AVX2 CPU (ONNX Runtime,
+    one thread) and scores 0.730 dev J&F at its best size (512) against 0.759; not shipped.
     """
 
     def __init__(self, pretrained: bool, extra_in_channels: int, dilate_last: bool = True) -> None:
