@@ -43,6 +43,21 @@ def test_mobilenet_v2_s32_same_parameters_strided_last_blocks():
         assert (a["s16"] - b["s16"]).abs().max() > 0.1 * a["s16"].abs().max()  # (random weights: tiny maps)
 
 
+def test_mobilenet_v2_s32_lateral_starts_as_s32_and_learns():
+    """The lateral connection starts at zero (the strided backbone's function exactly) and is
+    trained with the s16 stage: a loss on s16 gives its weights a gradient."""
+    torch.manual_seed(0)
+    s32, lat = build_backbone("mobilenet_v2_s32").eval(), build_backbone("mobilenet_v2_s32_lateral").eval()
+    missing = lat.load_state_dict(s32.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == sorted(lat.new_at_init) == ["lateral.bias", "lateral.weight"]
+    assert any(m is lat.lateral for m in lat.stages()["s16"])
+    x = torch.randn(1, 3, 80, 112)
+    with torch.no_grad():
+        assert torch.equal(lat(x)["s16"], s32(x)["s16"])
+    lat(x)["s16"].square().sum().backward()
+    assert lat.lateral.weight.grad.abs().sum() > 0
+
+
 def test_coord_maps_ranges():
     c = coord_maps(2, 5, 7)
     assert c.shape == (2, 3, 5, 7)

@@ -195,3 +195,29 @@ def test_resume_with_other_parameter_groups_is_one_clear_error(tmp_path):
     torch.save(ck, path)
     with pytest.raises(VostoolError, match="parameter group.*--init"):
         Trainer(dataclasses.replace(cfg, iters=2, resume=True)).run()
+
+
+def test_init_may_lack_only_what_the_backbone_declares_new(tmp_path):
+    """``--init`` from a file of the dilated backbone into ``mobilenet_v2_s32_lateral``: the
+    lateral connection (declared new, zero) is filled in and everything else is loaded; a file
+    that lacks anything else is still one clear error."""
+    from vostool.models import save_checkpoint
+    from vostool.train.factory import load_init_weights
+
+    torch.manual_seed(0)
+    src = build_model("crvos")
+    path = tmp_path / "crvos.safetensors"
+    save_checkpoint(src, path)
+    model = build_model("crvos", "mobilenet_v2_s32_lateral")
+    load_init_weights(model, path)
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in src.state_dict().items())
+    assert not got["encoder.lateral.weight"].any() and not got["encoder.lateral.bias"].any()
+
+    state = {k: v for k, v in src.state_dict().items() if k != "refine4.deconv.bias"}
+    bad = tmp_path / "bad.safetensors"
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, str(bad))
+    with pytest.raises(VostoolError, match="missing"):
+        load_init_weights(build_model("crvos", "mobilenet_v2_s32_lateral"), bad)
+

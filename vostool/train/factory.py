@@ -130,10 +130,20 @@ def read_init_weights(path: str | Path) -> InitWeights:
 
 def load_init_weights(model: VOSModel, init: str | Path | InitWeights) -> tuple[list[str], list[dict[str, Any]]]:
     """Load a previous stage's weights strictly; returns the commands and stage records
-    that made them."""
+    that made them. Only the parts a backbone declares new at init (``Backbone.new_at_init``:
+    they start at zero, the network's function unchanged) may be absent from the file."""
+    from vostool.models.backbones import Backbone
+
     if not isinstance(init, InitWeights):
         init = read_init_weights(init)
     if init.model is not None and init.model != model.name:
         raise VostoolError(f"{init.path} holds weights for model '{init.model}', not '{model.name}'")
-    load_weights_strict(model, init.state, source=str(init.path))
+    state = dict(init.state)
+    own = model.state_dict()
+    for prefix, mod in model.named_modules():
+        if isinstance(mod, Backbone):
+            for key in (f"{prefix}.{k}" if prefix else k for k in mod.new_at_init):
+                if key not in state:
+                    state[key] = own[key]
+    load_weights_strict(model, state, source=str(init.path))
     return init.commands, init.stages
