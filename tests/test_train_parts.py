@@ -201,6 +201,8 @@ def test_init_may_lack_only_what_the_backbone_declares_new(tmp_path):
     """``--init`` from a file of the dilated backbone into ``mobilenet_v2_s32_lateral``: the
     lateral connection (declared new, zero) is filled in and everything else is loaded; a file
     that lacks anything else is still one clear error."""
+    from safetensors.torch import save_file
+
     from vostool.models import save_checkpoint
     from vostool.train.factory import load_init_weights
 
@@ -216,8 +218,6 @@ def test_init_may_lack_only_what_the_backbone_declares_new(tmp_path):
 
     state = {k: v for k, v in src.state_dict().items() if k != "refine4.deconv.bias"}
     bad = tmp_path / "bad.safetensors"
-    from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in state.items()}, str(bad))
     with pytest.raises(VostoolError, match="missing"):
         load_init_weights(build_model("crvos", "mobilenet_v2_s32_lateral"), bad)
-

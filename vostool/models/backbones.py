@@ -3,7 +3,8 @@
 A backbone maps a normalised image ``B x C_in x H x W`` to a dict of feature maps at
 strides 4, 8 and 16 (``"s4"``, ``"s8"``, ``"s16"``); ``channels`` gives their widths.
 Every backbone returns ``s16`` on the 1/16 grid: the last stage is dilated rather than
-strided, as CRVOS and RGMP use ResNet-50, except ``mobilenet_v2_s32`` (strided, upsampled).
+strided, as CRVOS and RGMP use ResNet-50, except in the ``mobilenet_v2_s32*`` backbones
+(strided at 1/32, upsampled).
 
 ``extra_in_channels`` widens the first convolution (RGMP's image + mask input): the RGB
 filters keep their ImageNet weights, the extra ones are initialised randomly.
@@ -139,8 +140,10 @@ class MobileNetV2Backbone(Backbone):
     ``lateral=True`` (``mobilenet_v2_s32_lateral``, with ``dilate_last=False``) adds block 13's
     1/16 output (96 ch) through a 1x1 convolution to the upsampled s16, as a feature pyramid's
     lateral connection does, to give the 1/16 grid its detail back for about 50 M multiply-adds
-    at 480x864; it starts at zero (``new_at_init``), so a file of either other backbone starts
-    a training stage with the same function.
+    at 480x864; it starts at zero (``new_at_init``), so a training stage started from a file
+    without it (``--init``, either other MobileNetV2 backbone) starts as ``mobilenet_v2_s32``
+    with those weights. Measured (crvos-s32l, ``references/README.md``): 0.754 dev J&F at 512
+    against the shipped file's 0.759, 75-84 ms a frame against 106 ms at 480 (AVX2, 2 threads).
 
     ``dilate_last=False`` (the ``mobilenet_v2_s32`` backbone) runs blocks 14-17 as ImageNet
     trained them, strided at 1/32, and returns their output bilinearly upsampled to the
