@@ -88,7 +88,9 @@ def _run(model: torch.nn.Module, backend: str, objects: int = 2) -> tuple[list, 
     return out, prop
 
 
-@pytest.mark.parametrize("name, backbone", [("crvos", None), ("crvos", "mobilenet_v2_s32"), ("crvos", "mobilenet_v2_s32_lateral"), ("rgmp", "resnet18")])
+@pytest.mark.parametrize("name, backbone", [
+    ("crvos", None), ("crvos", "mobilenet_v2_s32"), ("crvos", "mobilenet_v2_s32_lateral"), ("rgmp", "resnet18"),
+])
 def test_onnxruntime_backbones_give_torch_masks(name, backbone):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

@@ -189,11 +189,11 @@ class MobileNetV2Backbone(Backbone):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         s4 = self.stage4(x)
         s8 = self.stage8(s4)
-        s16, x13 = s8, s8
-        for i, block in enumerate(self.stage16):
-            s16 = block(s16)
-            if i == 6:  # block 13, the last at 1/16
-                x13 = s16
+        if self.lateral is None:
+            s16 = self.stage16(s8)
+        else:
+            x13 = self.stage16[:7](s8)  # blocks 7-13, the last ones at 1/16
+            s16 = self.stage16[7:](x13)
         if not self.dilate_last:
             # 1/32 -> the 1/16 grid of a stride-2 3x3 convolution over s8: ceil(h8 / 2)
             h, w = s8.shape[-2:]
